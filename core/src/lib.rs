@@ -1,0 +1,36 @@
+//! # mce-core
+//!
+//! The MCE few-shot segmentation model (Masked Cross-image Encoding, Xu et al.) on candle, and
+//! everything around it that both the trainer and the device need.
+//!
+//! Data flow of one episode:
+//!
+//! ```text
+//! image files ──preprocess──▶ normalised tensors ──backbone (frozen)──▶ Features {level2, level3, level4}
+//!                                                                        │
+//!   support masks ──preprocess──▶ binary masks ───────────────────────────┤
+//!                                                                        ▼
+//!         model::Mce: mid-level features, MAP prototype, similarity map, masked cross-image
+//!         encoding at three levels, ASPP decoder ──▶ 2-class logits ──▶ preprocess (map back)
+//!                                                                        │
+//!                                                   metrics (mIoU, FB-IoU) ◀┘
+//! ```
+//!
+//! Modules: [`backbone`] (ResNet-50 dilated, EfficientNet-Lite0), [`model`] (the MCE head and its
+//! [`config`]), [`checkpoint`] (safetensors + serde config), [`preprocess`], [`metrics`],
+//! [`inference`] (support encoding cache for the device), [`ops`] (differentiable helpers candle lacks).
+
+pub mod backbone;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod inference;
+pub mod metrics;
+pub mod model;
+pub mod ops;
+pub mod preprocess;
+
+pub use backbone::{AnyBackbone, Backbone, BackboneKind, Features};
+pub use config::MceConfig;
+pub use error::{Error, Result};
+pub use model::Mce;

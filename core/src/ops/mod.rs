@@ -1,0 +1,138 @@
+//! Tensor operations the model needs that candle 0.11 either lacks or cannot differentiate.
+//!
+//! * [`resize_bilinear`]: bilinear resize with `align_corners = true`, written as two matrix products so
+//!   it has a backward pass (`upsample_bilinear2d` has none in candle 0.11).
+//! * [`layer_norm`]: LayerNorm from primitive ops (`candle_nn::LayerNorm` silently drops gradients on
+//!   contiguous inputs).
+//! * [`softmax`]: the composed softmax (the fused `softmax_last_dim` has no backward).
+//! * [`frozen`]: convolution + BatchNorm folded into one convolution, for the frozen backbones.
+//! * [`depthwise`]: a fast depthwise convolution (candle runs grouped convs one group at a time).
+
+pub mod depthwise;
+pub mod frozen;
+
+use candle_core::{DType, Device, Result, Tensor, D};
+
+/// The `(out, in)` interpolation matrix of a 1-D linear resize with `align_corners = true`.
+pub fn interpolation_matrix(out: usize, input: usize, device: &Device) -> Result<Tensor> {
+    let mut m = vec![0f32; out * input];
+    for o in 0..out {
+        if input == 1 {
+            m[o * input] = 1.0;
+            continue;
+        }
+        // align_corners: output index o maps to o * (input - 1) / (out - 1).
+        let src = if out == 1 {
+            0.0
+        } else {
+            o as f64 * (input - 1) as f64 / (out - 1) as f64
+        };
+        let lo = (src.floor() as usize).min(input - 1);
+        let hi = (lo + 1).min(input - 1);
+        let frac = (src - lo as f64) as f32;
+        m[o * input + lo] += 1.0 - frac;
+        m[o * input + hi] += frac;
+    }
+    Tensor::from_vec(m, (out, input), device)
+}
+
+/// Bilinear resize of `(B, C, H, W)` to `(B, C, h, w)` with `align_corners = true`, differentiable.
+pub fn resize_bilinear(xs: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (_, _, in_h, in_w) = xs.dims4()?;
+    if (in_h, in_w) == (h, w) {
+        return Ok(xs.clone());
+    }
+    let dtype = xs.dtype();
+    let dev = xs.device();
+    let ry = interpolation_matrix(h, in_h, dev)?.to_dtype(dtype)?; // (h, H)
+    let rx = interpolation_matrix(w, in_w, dev)?.to_dtype(dtype)?.t()?; // (W, w)
+    // (B, C, H, W) x (W, w) -> (B, C, H, w);  (h, H) x (B, C, H, w) -> (B, C, h, w)
+    let xs = xs.broadcast_matmul(&rx)?;
+    ry.broadcast_matmul(&xs)
+}
+
+/// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.
+pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = xs.mean_keepdim(D::Minus1)?;
+    let centered = xs.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+/// Softmax over the last dimension. When `xs` records an autograd graph, the composed (differentiable)
+/// form is used; otherwise candle's fused kernel, which is several times faster but has no backward.
+pub fn softmax(xs: &Tensor) -> Result<Tensor> {
+    if xs.track_op() {
+        candle_nn::ops::softmax(xs, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(xs)
+    }
+}
+
+/// `Dropout2d`: zero whole channels of `(B, C, H, W)` with probability `p`, scale the rest by `1/(1-p)`.
+pub fn dropout2d(xs: &Tensor, p: f32) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(xs.clone());
+    }
+    let (b, c, _, _) = xs.dims4()?;
+    let keep = Tensor::rand(0f32, 1f32, (b, c, 1, 1), xs.device())?
+        .ge(p)?
+        .to_dtype(DType::F32)?;
+    let scale = keep.affine(1.0 / (1.0 - p as f64), 0.0)?;
+    xs.broadcast_mul(&scale.to_dtype(xs.dtype())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interpolation_matrix_align_corners_hand_case() -> Result<()> {
+        // 2 -> 3 with align_corners: sources 0, 0.5, 1.
+        let m = interpolation_matrix(3, 2, &Device::Cpu)?.to_vec2::<f32>()?;
+        assert_eq!(m, vec![vec![1.0, 0.0], vec![0.5, 0.5], vec![0.0, 1.0]]);
+        // 3 -> 2: sources 0 and 2 exactly.
+        let m = interpolation_matrix(2, 3, &Device::Cpu)?.to_vec2::<f32>()?;
+        assert_eq!(m, vec![vec![1.0, 0.0, 0.0], vec![0.0, 0.0, 1.0]]);
+        Ok(())
+    }
+
+    #[test]
+    fn resize_matches_candle_upsample_and_has_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1f32, (2, 3, 5, 7), &dev)?;
+        let ours = resize_bilinear(&x, 11, 9)?;
+        let theirs = x.upsample_bilinear2d(11, 9, true)?;
+        let diff = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "max diff {diff}");
+
+        let v = candle_core::Var::from_tensor(&x)?;
+        let y = resize_bilinear(v.as_tensor(), 11, 9)?.sum_all()?;
+        let g = y.backward()?;
+        let gx = g.get(v.as_tensor()).expect("gradient for resize input");
+        // Each input pixel's weights sum to (11*9)/(5*7) on average; all must be positive.
+        assert!(gx.min_all()?.to_scalar::<f32>()? > 0.0);
+        let total = gx.sum_all()?.to_scalar::<f32>()?;
+        assert!((total - 2.0 * 3.0 * 99.0).abs() < 1e-2, "total {total}");
+        Ok(())
+    }
+
+    #[test]
+    fn layer_norm_matches_hand_computation_and_has_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[1f32, 2.0, 3.0, 6.0]], &dev)?;
+        let w = candle_core::Var::new(&[1f32, 2.0, 1.0, 1.0], &dev)?;
+        let b = candle_core::Var::new(&[0f32, 0.0, 1.0, 0.0], &dev)?;
+        let y = layer_norm(&x, w.as_tensor(), b.as_tensor(), 0.0)?;
+        // mean 3, var (4+1+0+9)/4 = 3.5
+        let s = 3.5f32.sqrt();
+        let expect = [-2.0 / s, 2.0 * (-1.0 / s), 1.0, 3.0 / s];
+        for (a, e) in y.flatten_all()?.to_vec1::<f32>()?.iter().zip(expect) {
+            assert!((a - e).abs() < 1e-5, "{a} vs {e}");
+        }
+        let g = (y.sqr()?.sum_all()?).backward()?;
+        assert!(g.get(w.as_tensor()).is_some() && g.get(b.as_tensor()).is_some());
+        Ok(())
+    }
+}

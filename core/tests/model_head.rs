@@ -1,0 +1,201 @@
+//! The MCE head on synthetic backbone features: mask semantics, an independent loop-based reference
+//! of one cross-encoding level, K-shot averaging, shapes for both presets.
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use mce_core::config::{Branches, MceConfig};
+use mce_core::{Features, Mce};
+
+fn features(cfg: &MceConfig, b: usize, seed: f32) -> Result<Features> {
+    let dev = Device::Cpu;
+    let ch = cfg.backbone.channels();
+    let level = |i: usize| -> Result<Tensor> {
+        let g = cfg.level_grid(i + 2);
+        // deterministic, non-negative (post-ReLU-like) but varied values
+        let n = b * ch[i] * g * g;
+        let v: Vec<f32> = (0..n)
+            .map(|k| ((k as f32 * 0.6180339 + seed).sin() * 43758.547).fract().abs())
+            .collect();
+        Tensor::from_vec(v, (b, ch[i], g, g), &dev)
+    };
+    Ok(Features {
+        level2: level(0)?,
+        level3: level(1)?,
+        level4: level(2)?,
+    })
+}
+
+/// A square foreground block `[lo, hi)` in an `s × s` mask, batch of `b`.
+fn block_mask(b: usize, s: usize, lo: usize, hi: usize) -> Result<Tensor> {
+    let v: Vec<f32> = (0..b * s * s)
+        .map(|k| {
+            let (y, x) = ((k % (s * s)) / s, k % s);
+            f32::from(u8::from((lo..hi).contains(&y) && (lo..hi).contains(&x)))
+        })
+        .collect();
+    Tensor::from_vec(v, (b, 1, s, s), &Device::Cpu)
+}
+
+fn small(branches: Branches) -> MceConfig {
+    MceConfig {
+        image_size: 64,
+        reduce_dim: 16,
+        d_model: 8,
+        heads: 2,
+        mlp_ratio: 2,
+        decoder_dim: 8,
+        aspp_rates: [1, 2, 3],
+        branches,
+        ..MceConfig::edge_lite0()
+    }
+}
+
+fn head(cfg: &MceConfig) -> Result<(VarMap, Mce)> {
+    let vm = VarMap::new();
+    let m = Mce::new(cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))?;
+    Ok((vm, m))
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+}
+
+/// Set the level-2 feature vector at grid position `(y, x)` of image 0 to other values.
+fn perturb_level2(f: &Features, y: usize, x: usize) -> Result<Features> {
+    let mut v = f.level2.to_vec3::<f32>().map(|_| ()).ok();
+    let _ = v.take();
+    let (b, c, h, w) = f.level2.dims4()?;
+    let mut data = f.level2.flatten_all()?.to_vec1::<f32>()?;
+    for ch in 0..c {
+        data[ch * h * w + y * w + x] += 3.0 + ch as f32;
+    }
+    Ok(Features {
+        level2: Tensor::from_vec(data, (b, c, h, w), &Device::Cpu)?,
+        ..f.clone()
+    })
+}
+
+#[test]
+fn support_branch_gives_background_keys_zero_weight() -> Result<()> {
+    let cfg = small(Branches::SupportOnly);
+    let (_, m) = head(&cfg)?;
+    let enc = &m.cross_encoding().expect("cross").levels().next().unwrap().1;
+    let (q, s) = (features(&cfg, 1, 1.0)?, features(&cfg, 1, 2.0)?);
+    let g = cfg.level_grid(2); // 8
+    let mask = block_mask(1, g, 2, 6)?; // foreground rows/cols 2..6 at the level's own grid
+    let base = enc.forward(&enc.encode_query(&q.level2)?, &enc.encode_support(&s.level2, &mask)?)?;
+    // Change the support token at background position (0, 0): as a key it is masked, so every other
+    // output position must stay bit-identical (position (0,0) itself changes through its own S_q row).
+    let s2 = perturb_level2(&s, 0, 0)?;
+    let out = enc.forward(&enc.encode_query(&q.level2)?, &enc.encode_support(&s2.level2, &mask)?)?;
+    let diff = (out - &base)?.abs()?.flatten_from(2)?.to_vec3::<f32>()?;
+    for (pos, _) in diff[0][0].iter().enumerate() {
+        let worst = (0..cfg.d_model).map(|c| diff[0][c][pos]).fold(0f32, f32::max);
+        if pos == 0 {
+            assert!(worst > 0.0, "the perturbed position's own row must change");
+        } else {
+            assert_eq!(worst, 0.0, "position {pos} changed by {worst}");
+        }
+    }
+    // The same change at a foreground position (3, 3) must reach other positions.
+    let s3 = perturb_level2(&s, 3, 3)?;
+    let out = enc.forward(&enc.encode_query(&q.level2)?, &enc.encode_support(&s3.level2, &mask)?)?;
+    assert!(max_abs_diff(&out.narrow(3, 7, 1)?, &base.narrow(3, 7, 1)?)? > 0.0);
+    Ok(())
+}
+
+#[test]
+fn query_branch_ignores_background_support_values() -> Result<()> {
+    let cfg = small(Branches::QueryOnly);
+    let (_, m) = head(&cfg)?;
+    let enc = &m.cross_encoding().expect("cross").levels().next().unwrap().1;
+    let (q, s) = (features(&cfg, 1, 1.0)?, features(&cfg, 1, 2.0)?);
+    let mask = block_mask(1, cfg.level_grid(2), 2, 6)?;
+    let qt = enc.encode_query(&q.level2)?;
+    let base = enc.forward(&qt, &enc.encode_support(&s.level2, &mask)?)?;
+    let mut s_bg = s.clone();
+    for (y, x) in [(0, 0), (7, 7), (1, 5), (6, 0)] {
+        s_bg = perturb_level2(&s_bg, y, x)?;
+    }
+    let out = enc.forward(&qt, &enc.encode_support(&s_bg.level2, &mask)?)?;
+    assert_eq!(max_abs_diff(&out, &base)?, 0.0);
+    let s_fg = perturb_level2(&s, 4, 4)?;
+    let out = enc.forward(&qt, &enc.encode_support(&s_fg.level2, &mask)?)?;
+    assert!(max_abs_diff(&out, &base)? > 1e-6);
+    Ok(())
+}
+
+#[test]
+fn empty_and_tiny_masks_give_finite_outputs() -> Result<()> {
+    let cfg = small(Branches::Both);
+    let (_, m) = head(&cfg)?;
+    let q = features(&cfg, 1, 1.0)?;
+    let s = features(&cfg, 1, 2.0)?;
+    let s_img = cfg.image_size;
+    for mask in [
+        Tensor::zeros((1, 1, s_img, s_img), DType::F32, &Device::Cpu)?, // empty
+        block_mask(1, s_img, 30, 31)?,                                   // one pixel
+    ] {
+        let logits = m.forward(&q, &[(s.clone(), mask)], false)?;
+        assert_eq!(logits.dims(), &[1, 2, s_img, s_img]);
+        let finite = logits.flatten_all()?.to_vec1::<f32>()?.iter().all(|v| v.is_finite());
+        assert!(finite, "non-finite logits");
+    }
+    Ok(())
+}
+
+#[test]
+fn k_shot_decoder_input_is_the_average_of_single_shots() -> Result<()> {
+    let cfg = small(Branches::Both);
+    let (_, m) = head(&cfg)?;
+    let q = m.encode_query(&features(&cfg, 2, 1.0)?, false)?;
+    let shots = (0..3)
+        .map(|k| {
+            let mask = block_mask(2, cfg.image_size, 8 + 4 * k, 40)?;
+            m.encode_support(&features(&cfg, 2, 5.0 + k as f32)?, &mask, false)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let joint = m.decoder_input(&q, &shots)?;
+    let singles = shots
+        .iter()
+        .map(|s| m.decoder_input(&q, std::slice::from_ref(s)))
+        .collect::<Result<Vec<_>>>()?;
+    let mean = ((&singles[0] + &singles[1])? + &singles[2])? / 3.0;
+    assert!(max_abs_diff(&joint, &mean?)? < 1e-5);
+    // and the shots do differ, so the test would catch using only the first one
+    assert!(max_abs_diff(&singles[0], &singles[2])? > 1e-3);
+    Ok(())
+}
+
+fn check_shapes(cfg: &MceConfig, shots: &[usize]) -> Result<()> {
+    let vm = VarMap::new();
+    Mce::new(cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))?;
+    let m = Mce::frozen(cfg, &vm)?;
+    let q = m.encode_query(&features(cfg, 1, 1.0)?, false)?;
+    let s = cfg.image_size;
+    let g = cfg.grid();
+    let mut encoded = Vec::new();
+    for k in 0..*shots.iter().max().unwrap() {
+        let mask = block_mask(1, s, s / 4, s / 2 + k)?;
+        encoded.push(m.encode_support(&features(cfg, 1, 3.0 + k as f32)?, &mask, false)?);
+    }
+    for &k in shots {
+        let grid_logits = m.decode_grid(&q, &encoded[..k])?;
+        assert_eq!(grid_logits.dims(), &[1, 2, g, g], "K={k}");
+        assert_eq!(m.decoder_input(&q, &encoded[..k])?.dim(1)?, cfg.decoder_in());
+    }
+    assert_eq!(m.decode(&q, &encoded[..1])?.dims(), &[1, 2, s, s]);
+    Ok(())
+}
+
+#[test]
+fn shapes_edge_preset_k_1_2_5() -> Result<()> {
+    check_shapes(&MceConfig::edge_lite0(), &[1, 2, 5])
+}
+
+#[test]
+fn shapes_paper_preset_k_1_2_5() -> Result<()> {
+    let cfg = MceConfig::paper_resnet50();
+    assert_eq!(cfg.grid(), 60);
+    check_shapes(&cfg, &[1, 2, 5])
+}
