@@ -148,7 +148,7 @@ impl MceConfig {
         if let Some(l) = self.levels.iter().find(|l| !(2..=4).contains(*l)) {
             return bad(format!("level {l} is not one of 2, 3, 4"));
         }
-        if self.image_size < 32 {
+        if self.image_size < 16 {
             return bad(format!("image_size {} is too small", self.image_size));
         }
         if !(0.0..1.0).contains(&self.dropout) {

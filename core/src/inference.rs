@@ -1,1 +1,231 @@
-//! placeholder
+//! Inference for the device: encode each class's support exemplars once, then segment any number of
+//! frames. Per frame the backbone and the query-side encoding run once; only [`Mce::decode`] runs per
+//! class.
+//!
+//! ```text
+//! exemplar image + mask ─▶ Segmenter::exemplar ─▶ Exemplar (backbone features, cacheable)
+//!                                      Segmenter::encode_class ─▶ ClassEncoding (support encodings)
+//! frame ─▶ Segmenter::segment(frame, classes) ─▶ per class: foreground probability at frame size
+//! ```
+
+use crate::backbone::{AnyBackbone, Backbone, Features};
+use crate::checkpoint;
+use crate::config::MceConfig;
+use crate::error::{Error, Result};
+use crate::model::{Mce, SupportEncoding};
+use crate::preprocess::{self, Mask, Prepared, Resize};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use image::RgbImage;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Where bundled model files live: `$MCE_MODELS_DIR`, else `models/` of the source tree this binary
+/// was built from.
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("MCE_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../models"))
+}
+
+/// The bundled ImageNet EfficientNet-Lite0 weights.
+pub fn lite0_weights_path() -> PathBuf {
+    models_dir().join("efficientnet_lite0.safetensors")
+}
+
+/// One support exemplar after the backbone: its three feature levels and its model-space mask.
+#[derive(Debug, Clone)]
+pub struct Exemplar {
+    pub features: Features,
+    /// `(1, 1, S, S)` f32, 1 = foreground (ignore and padding count as background).
+    pub mask: Tensor,
+}
+
+impl Exemplar {
+    /// Tensors for a cache file: `level2`, `level3`, `level4`, `mask`.
+    pub fn to_tensors(&self) -> HashMap<String, Tensor> {
+        let f = &self.features;
+        HashMap::from([
+            ("level2".to_string(), f.level2.clone()),
+            ("level3".to_string(), f.level3.clone()),
+            ("level4".to_string(), f.level4.clone()),
+            ("mask".to_string(), self.mask.clone()),
+        ])
+    }
+
+    /// The inverse of [`Exemplar::to_tensors`].
+    pub fn from_tensors(mut t: HashMap<String, Tensor>) -> Result<Self> {
+        let mut take = |k: &str| {
+            t.remove(k)
+                .ok_or_else(|| Error::Input(format!("exemplar cache lacks tensor `{k}`")))
+        };
+        Ok(Self {
+            features: Features {
+                level2: take("level2")?,
+                level3: take("level3")?,
+                level4: take("level4")?,
+            },
+            mask: take("mask")?,
+        })
+    }
+}
+
+/// The support encodings of one class (one per exemplar).
+pub struct ClassEncoding {
+    pub shots: Vec<SupportEncoding>,
+}
+
+/// One class's result on one frame, at the frame's own resolution.
+#[derive(Debug, Clone)]
+pub struct ClassMap {
+    pub width: usize,
+    pub height: usize,
+    /// Foreground probability per pixel, row-major.
+    pub probability: Vec<f32>,
+}
+
+impl ClassMap {
+    /// Binary mask (1 where the foreground probability exceeds 0.5).
+    pub fn mask(&self) -> Vec<u8> {
+        self.probability.iter().map(|&p| u8::from(p > 0.5)).collect()
+    }
+}
+
+/// A backbone and an MCE head ready to segment frames.
+pub struct Segmenter {
+    config: MceConfig,
+    backbone: AnyBackbone,
+    head: Mce,
+    device: Device,
+    resize: Resize,
+    /// False when the head has random weights (`--init`): callers must say so loudly.
+    pub trained: bool,
+}
+
+impl Segmenter {
+    /// Load a trained model from a checkpoint.
+    pub fn from_checkpoint(path: &Path, device: &Device) -> Result<Self> {
+        let m = checkpoint::load(path, device)?;
+        Ok(Self::new(m.config, m.backbone, m.head, device, true))
+    }
+
+    /// Pretrained backbone with an untrained (randomly initialised) head, for trying the pipeline
+    /// without a trained checkpoint. Its masks are meaningless.
+    pub fn untrained(config: &MceConfig, backbone_weights: &Path, device: &Device) -> Result<Self> {
+        let backbone = load_backbone(config, backbone_weights, device)?;
+        let varmap = VarMap::new();
+        Mce::new(config, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+        let head = Mce::frozen(config, &varmap)?;
+        Ok(Self::new(config.clone(), backbone, head, device, false))
+    }
+
+    pub fn new(
+        config: MceConfig,
+        backbone: AnyBackbone,
+        head: Mce,
+        device: &Device,
+        trained: bool,
+    ) -> Self {
+        let resize = Resize::LongerSidePad(config.image_size);
+        Self {
+            config,
+            backbone,
+            head,
+            device: device.clone(),
+            resize,
+            trained,
+        }
+    }
+
+    pub fn config(&self) -> &MceConfig {
+        &self.config
+    }
+    pub fn backbone(&self) -> &AnyBackbone {
+        &self.backbone
+    }
+    pub fn head(&self) -> &Mce {
+        &self.head
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Normalised model input for an image.
+    pub fn prepare(&self, image: &RgbImage) -> Result<Prepared> {
+        preprocess::prepare_image(image, self.resize, self.config.backbone, &self.device)
+    }
+
+    /// Run the backbone on one prepared image.
+    pub fn features(&self, prepared: &Prepared) -> Result<Features> {
+        Ok(self.backbone.features(&prepared.tensor.unsqueeze(0)?)?)
+    }
+
+    /// Backbone features of one exemplar. The mask must have the image's size and some foreground.
+    pub fn exemplar(&self, image: &RgbImage, mask: &Mask, source: &Path) -> Result<Exemplar> {
+        if (mask.width, mask.height) != (image.width() as usize, image.height() as usize) {
+            return Err(Error::Mask {
+                path: source.to_path_buf(),
+                reason: format!(
+                    "mask is {}x{} but its image is {}x{}",
+                    mask.width,
+                    mask.height,
+                    image.width(),
+                    image.height()
+                ),
+            });
+        }
+        mask.check_nonempty(source)?;
+        let prepared = self.prepare(image)?;
+        let m = preprocess::prepare_mask(mask, self.resize, &self.device)?;
+        let m = preprocess::mask_tensor_for_model(&m)?.unsqueeze(0)?; // (1, 1, S, S)
+        Ok(Exemplar {
+            features: self.features(&prepared)?,
+            mask: m,
+        })
+    }
+
+    /// Encode a class from its exemplars (K ≥ 1 shots).
+    pub fn encode_class(&self, exemplars: &[Exemplar]) -> Result<ClassEncoding> {
+        if exemplars.is_empty() {
+            return Err(Error::Input("a class needs at least one exemplar".into()));
+        }
+        let shots = exemplars
+            .iter()
+            .map(|e| self.head.encode_support(&e.features, &e.mask, false))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(ClassEncoding { shots })
+    }
+
+    /// Segment one frame against each class: backbone and query encoding once, the head per class.
+    pub fn segment(&self, frame: &RgbImage, classes: &[&ClassEncoding]) -> Result<Vec<ClassMap>> {
+        let prepared = self.prepare(frame)?;
+        let query = self.head.encode_query(&self.features(&prepared)?, false)?;
+        classes
+            .iter()
+            .map(|class| {
+                let logits = self.head.decode(&query, &class.shots)?;
+                Ok(ClassMap {
+                    width: prepared.orig_w,
+                    height: prepared.orig_h,
+                    probability: preprocess::probabilities_to_original(&logits, &prepared)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Load the backbone `config` names from a weight file with its original tensor names.
+pub fn load_backbone(config: &MceConfig, path: &Path, device: &Device) -> Result<AnyBackbone> {
+    let tensors = candle_core::safetensors::load(path, device).map_err(|e| Error::Checkpoint {
+        path: path.to_path_buf(),
+        reason: format!("cannot read backbone weights: {e}"),
+    })?;
+    AnyBackbone::new(
+        config.backbone,
+        VarBuilder::from_tensors(tensors, DType::F32, device),
+    )
+    .map_err(|e| Error::Checkpoint {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}

@@ -127,10 +127,17 @@ impl Plan {
             let dst = &mut scratch[(y + p) * row_len..(y + p + 1) * row_len];
             if s == 1 {
                 dst[p..p + self.w].copy_from_slice(src);
-            } else {
-                for (xi, &v) in src.iter().enumerate() {
-                    let col = xi + p;
-                    dst[(col % s) * phase_len + col / s] = v;
+                continue;
+            }
+            // Phase r holds padded columns j*s + r, i.e. input columns j*s + r - p.
+            for r in 0..s {
+                let first = (p.saturating_sub(r)).div_ceil(s); // first slot inside the input
+                let Some(x0) = (first * s + r).checked_sub(p).filter(|&x0| x0 < self.w) else {
+                    continue;
+                };
+                let phase = &mut dst[r * phase_len + first..(r + 1) * phase_len];
+                for (d, &v) in phase.iter_mut().zip(src[x0..].iter().step_by(s)) {
+                    *d = v;
                 }
             }
         }

@@ -1,0 +1,127 @@
+//! Checkpoints round-trip, and every broken file fails with an error naming the file and the problem.
+
+use candle_core::{DType, Device, Result as CResult, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use mce_core::checkpoint::{self, FORMAT_VERSION};
+use mce_core::{Mce, MceConfig};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mce-ckpt-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn small() -> MceConfig {
+    MceConfig {
+        image_size: 64,
+        ..MceConfig::edge_lite0()
+    }
+}
+
+fn backbone_tensors() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(mce_core::inference::lite0_weights_path(), &Device::Cpu).unwrap()
+}
+
+fn save_fresh(cfg: &MceConfig, name: &str) -> (PathBuf, VarMap) {
+    let vm = VarMap::new();
+    Mce::new(cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    let path = tmp(name);
+    let extra = BTreeMap::from([("step".to_string(), "7".to_string())]);
+    checkpoint::save(&path, cfg, &vm, &backbone_tensors(), &extra).unwrap();
+    (path, vm)
+}
+
+fn err_of(path: &PathBuf) -> String {
+    match checkpoint::load(path, &Device::Cpu) {
+        Ok(_) => panic!("{} loaded but should not", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn round_trip_keeps_config_weights_and_metadata() -> CResult<()> {
+    let cfg = small();
+    let (path, vm) = save_fresh(&cfg, "ok.safetensors");
+    let loaded = checkpoint::load(&path, &Device::Cpu).unwrap();
+    assert_eq!(loaded.config, cfg);
+    assert_eq!(loaded.extra.get("step").map(String::as_str), Some("7"));
+    let a = vm.data().lock().unwrap();
+    let b = loaded.varmap.data().lock().unwrap();
+    assert_eq!(a.len(), b.len());
+    for (k, v) in a.iter() {
+        let d = (v.as_tensor() - b[k].as_tensor())?.abs()?.flatten_all()?.max(0)?;
+        assert_eq!(d.to_scalar::<f32>()?, 0.0, "{k} differs");
+    }
+    Ok(())
+}
+
+#[test]
+fn truncated_file_names_the_file_and_a_tensor() {
+    let (path, _) = save_fresh(&small(), "trunc.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let e = err_of(&path);
+    assert!(e.contains("trunc.safetensors") && e.contains("truncated") && e.contains("tensor `"), "{e}");
+    std::fs::write(&path, &bytes[..20]).unwrap();
+    let e = err_of(&path);
+    assert!(e.contains("trunc.safetensors") && e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn wrong_version_and_foreign_files_are_refused() {
+    let cfg = small();
+    let t = BTreeMap::from([("x".to_string(), Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap())]);
+    // A plain safetensors file without our metadata.
+    let foreign = tmp("foreign.safetensors");
+    candle_core::safetensors::save(&t.clone().into_iter().collect(), &foreign).unwrap();
+    let e = err_of(&foreign);
+    assert!(e.contains("foreign.safetensors") && e.contains("not an mce checkpoint"), "{e}");
+    // Our format, another version.
+    let path = tmp("v2.safetensors");
+    let mut meta: HashMap<String, String> = HashMap::new();
+    meta.insert("format".into(), checkpoint::FORMAT.into());
+    meta.insert("format_version".into(), (FORMAT_VERSION + 1).to_string());
+    meta.insert("config".into(), serde_json::to_string(&cfg).unwrap());
+    std::fs::write(&path, safetensors::serialize(t.iter(), Some(meta)).unwrap()).unwrap();
+    let e = err_of(&path);
+    assert!(e.contains("v2.safetensors") && e.contains("format version"), "{e}");
+    // Garbage.
+    let junk = tmp("junk.safetensors");
+    std::fs::write(&junk, b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!").unwrap();
+    assert!(err_of(&junk).contains("junk.safetensors"));
+    // Missing file.
+    assert!(err_of(&tmp("absent.safetensors")).contains("absent.safetensors"));
+}
+
+#[test]
+fn mismatched_tensors_are_named() {
+    // Saved with d_model 128, metadata claims 64: the first shape mismatch is reported.
+    let cfg = small();
+    let (path, vm) = save_fresh(&cfg, "shape.safetensors");
+    let mut other = cfg.clone();
+    other.d_model = 64;
+    let tensors: BTreeMap<String, Tensor> = vm
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    checkpoint::write(&path, &other, &tensors, &BTreeMap::new()).unwrap();
+    let e = err_of(&path);
+    assert!(e.contains("shape.safetensors") && e.contains("has shape") && e.contains("tensor `cross."), "{e}");
+
+    // A tensor missing: named.
+    let mut fewer = tensors.clone();
+    fewer.remove("decoder.cls.weight");
+    checkpoint::write(&path, &cfg, &fewer, &BTreeMap::new()).unwrap();
+    let e = err_of(&path);
+    assert!(e.contains("missing tensor `decoder.cls.weight`"), "{e}");
+
+    // Head complete but no backbone: named as a backbone problem.
+    checkpoint::write(&path, &cfg, &tensors, &BTreeMap::new()).unwrap();
+    let e = err_of(&path);
+    assert!(e.contains("shape.safetensors") && e.contains("backbone"), "{e}");
+}
