@@ -77,9 +77,7 @@ fn check_complete(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some((end, name)) = spans.iter().find(|(end, _)| *end > data_len) {
         return Err(ckpt_err(
             path,
-            format!(
-                "truncated: tensor `{name}` needs {end} data bytes, the file holds {data_len}"
-            ),
+            format!("truncated: tensor `{name}` needs {end} data bytes, the file holds {data_len}"),
         ));
     }
     Ok(())
@@ -181,7 +179,10 @@ pub fn load_head_into(file: &CheckpointFile, varmap: &VarMap) -> Result<()> {
     for name in names {
         let var = &vars[name];
         let t = file.tensors.get(name).ok_or_else(|| {
-            ckpt_err(&file.path, format!("missing tensor `{name}` required by its config"))
+            ckpt_err(
+                &file.path,
+                format!("missing tensor `{name}` required by its config"),
+            )
         })?;
         if t.dims() != var.dims() {
             return Err(ckpt_err(

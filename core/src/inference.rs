@@ -87,7 +87,10 @@ pub struct ClassMap {
 impl ClassMap {
     /// Binary mask (1 where the foreground probability exceeds 0.5).
     pub fn mask(&self) -> Vec<u8> {
-        self.probability.iter().map(|&p| u8::from(p > 0.5)).collect()
+        self.probability
+            .iter()
+            .map(|&p| u8::from(p > 0.5))
+            .collect()
     }
 }
 

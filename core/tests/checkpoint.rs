@@ -51,7 +51,10 @@ fn round_trip_keeps_config_weights_and_metadata() -> CResult<()> {
     let b = loaded.varmap.data().lock().unwrap();
     assert_eq!(a.len(), b.len());
     for (k, v) in a.iter() {
-        let d = (v.as_tensor() - b[k].as_tensor())?.abs()?.flatten_all()?.max(0)?;
+        let d = (v.as_tensor() - b[k].as_tensor())?
+            .abs()?
+            .flatten_all()?
+            .max(0)?;
         assert_eq!(d.to_scalar::<f32>()?, 0.0, "{k} differs");
     }
     Ok(())
@@ -63,21 +66,33 @@ fn truncated_file_names_the_file_and_a_tensor() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let e = err_of(&path);
-    assert!(e.contains("trunc.safetensors") && e.contains("truncated") && e.contains("tensor `"), "{e}");
+    assert!(
+        e.contains("trunc.safetensors") && e.contains("truncated") && e.contains("tensor `"),
+        "{e}"
+    );
     std::fs::write(&path, &bytes[..20]).unwrap();
     let e = err_of(&path);
-    assert!(e.contains("trunc.safetensors") && e.contains("truncated"), "{e}");
+    assert!(
+        e.contains("trunc.safetensors") && e.contains("truncated"),
+        "{e}"
+    );
 }
 
 #[test]
 fn wrong_version_and_foreign_files_are_refused() {
     let cfg = small();
-    let t = BTreeMap::from([("x".to_string(), Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap())]);
+    let t = BTreeMap::from([(
+        "x".to_string(),
+        Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap(),
+    )]);
     // A plain safetensors file without our metadata.
     let foreign = tmp("foreign.safetensors");
     candle_core::safetensors::save(&t.clone().into_iter().collect(), &foreign).unwrap();
     let e = err_of(&foreign);
-    assert!(e.contains("foreign.safetensors") && e.contains("not an mce checkpoint"), "{e}");
+    assert!(
+        e.contains("foreign.safetensors") && e.contains("not an mce checkpoint"),
+        "{e}"
+    );
     // Our format, another version.
     let path = tmp("v2.safetensors");
     let mut meta: HashMap<String, String> = HashMap::new();
@@ -86,7 +101,10 @@ fn wrong_version_and_foreign_files_are_refused() {
     meta.insert("config".into(), serde_json::to_string(&cfg).unwrap());
     std::fs::write(&path, safetensors::serialize(t.iter(), Some(meta)).unwrap()).unwrap();
     let e = err_of(&path);
-    assert!(e.contains("v2.safetensors") && e.contains("format version"), "{e}");
+    assert!(
+        e.contains("v2.safetensors") && e.contains("format version"),
+        "{e}"
+    );
     // Garbage.
     let junk = tmp("junk.safetensors");
     std::fs::write(&junk, b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!").unwrap();
@@ -111,7 +129,10 @@ fn mismatched_tensors_are_named() {
         .collect();
     checkpoint::write(&path, &other, &tensors, &BTreeMap::new()).unwrap();
     let e = err_of(&path);
-    assert!(e.contains("shape.safetensors") && e.contains("has shape") && e.contains("tensor `cross."), "{e}");
+    assert!(
+        e.contains("shape.safetensors") && e.contains("has shape") && e.contains("tensor `cross."),
+        "{e}"
+    );
 
     // A tensor missing: named.
     let mut fewer = tensors.clone();
@@ -123,5 +144,8 @@ fn mismatched_tensors_are_named() {
     // Head complete but no backbone: named as a backbone problem.
     checkpoint::write(&path, &cfg, &tensors, &BTreeMap::new()).unwrap();
     let e = err_of(&path);
-    assert!(e.contains("shape.safetensors") && e.contains("backbone"), "{e}");
+    assert!(
+        e.contains("shape.safetensors") && e.contains("backbone"),
+        "{e}"
+    );
 }

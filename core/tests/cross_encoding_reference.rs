@@ -34,7 +34,11 @@ impl Weights {
     fn mat(&self, name: &str) -> Mat {
         let dims = &self.1[name];
         let (rows, cols) = (dims[0], dims[1..].iter().product::<usize>());
-        self.0[name].chunks(cols).take(rows).map(|r| r.to_vec()).collect()
+        self.0[name]
+            .chunks(cols)
+            .take(rows)
+            .map(|r| r.to_vec())
+            .collect()
     }
     fn vec(&self, name: &str) -> Vec<f64> {
         self.0[name].clone()
@@ -65,9 +69,18 @@ fn attention(a: &Mat, b: &Mat, v: &Mat, allowed: &[bool], heads: usize) -> Mat {
             let logits: Vec<f64> = (0..n)
                 .map(|j| cols.clone().map(|c| a[i][c] * b[j][c]).sum::<f64>() / (dh as f64).sqrt())
                 .collect();
-            let max = (0..n).filter(|&j| allowed[j]).map(|j| logits[j]).fold(f64::MIN, f64::max);
+            let max = (0..n)
+                .filter(|&j| allowed[j])
+                .map(|j| logits[j])
+                .fold(f64::MIN, f64::max);
             let w: Vec<f64> = (0..n)
-                .map(|j| if allowed[j] { (logits[j] - max).exp() } else { 0.0 })
+                .map(|j| {
+                    if allowed[j] {
+                        (logits[j] - max).exp()
+                    } else {
+                        0.0
+                    }
+                })
                 .collect();
             let z: f64 = w.iter().sum();
             for c in cols.clone() {
@@ -92,12 +105,24 @@ fn layer_norm(x: &Mat, g: &[f64], b: &[f64]) -> Mat {
 }
 
 fn mlp(x: &Mat, w: &Weights, p: &str) -> Mat {
-    let h = affine(x, &w.mat(&format!("{p}.fc1.weight")), &w.vec(&format!("{p}.fc1.bias")));
+    let h = affine(
+        x,
+        &w.mat(&format!("{p}.fc1.weight")),
+        &w.vec(&format!("{p}.fc1.bias")),
+    );
     let h: Mat = h
         .iter()
-        .map(|r| r.iter().map(|v| 0.5 * v * (1.0 + erf(v / 2f64.sqrt()))).collect())
+        .map(|r| {
+            r.iter()
+                .map(|v| 0.5 * v * (1.0 + erf(v / 2f64.sqrt())))
+                .collect()
+        })
         .collect();
-    affine(&h, &w.mat(&format!("{p}.fc2.weight")), &w.vec(&format!("{p}.fc2.bias")))
+    affine(
+        &h,
+        &w.mat(&format!("{p}.fc2.weight")),
+        &w.vec(&format!("{p}.fc2.bias")),
+    )
 }
 
 #[test]
@@ -133,18 +158,36 @@ fn level_encoder_matches_a_loop_reference() -> Result<()> {
     let mut dims = HashMap::new();
     for (k, v) in vars.iter().filter(|(k, _)| k.starts_with("cross.0.")) {
         let key = k.trim_start_matches("cross.0.").to_string();
-        let data = v.as_tensor().flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        let data = v
+            .as_tensor()
+            .flatten_all()?
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?;
         vals.insert(key.clone(), data);
         dims.insert(key, v.dims().to_vec());
     }
     let w = Weights(vals, dims);
     let tokens = |f: &Tensor| -> Result<Mat> {
-        let x = f.reshape((c, n))?.t()?.to_dtype(DType::F64)?.to_vec2::<f64>()?; // [N][C]
+        let x = f
+            .reshape((c, n))?
+            .t()?
+            .to_dtype(DType::F64)?
+            .to_vec2::<f64>()?; // [N][C]
         Ok(affine(&x, &w.mat("proj.weight"), &w.vec("proj.bias")))
     };
     let (s, q) = (tokens(&fs)?, tokens(&fq)?);
-    let lin = |x: &Mat, name: &str| affine(x, &w.mat(&format!("{name}.weight")), &w.vec(&format!("{name}.bias")));
-    let (s_q, s_k, s_v) = (lin(&s, "support_q"), lin(&s, "support_k"), lin(&s, "support_v"));
+    let lin = |x: &Mat, name: &str| {
+        affine(
+            x,
+            &w.mat(&format!("{name}.weight")),
+            &w.vec(&format!("{name}.bias")),
+        )
+    };
+    let (s_q, s_k, s_v) = (
+        lin(&s, "support_q"),
+        lin(&s, "support_k"),
+        lin(&s, "support_v"),
+    );
     let (q_q, q_k, q_v) = (lin(&q, "query_q"), lin(&q, "query_k"), lin(&q, "query_v"));
 
     // support branch (5-6): background support keys excluded
@@ -157,10 +200,26 @@ fn level_encoder_matches_a_loop_reference() -> Result<()> {
         .collect();
     let r_q = attention(&q_q, &q_k, &sv_masked, &[true; 9], cfg.heads);
     // (9)
-    let f_s = mlp(&layer_norm(&r_s, &w.vec("support_norm.weight"), &w.vec("support_norm.bias")), &w, "support_mlp");
-    let f_q = mlp(&layer_norm(&r_q, &w.vec("query_norm.weight"), &w.vec("query_norm.bias")), &w, "query_mlp");
+    let f_s = mlp(
+        &layer_norm(
+            &r_s,
+            &w.vec("support_norm.weight"),
+            &w.vec("support_norm.bias"),
+        ),
+        &w,
+        "support_mlp",
+    );
+    let f_q = mlp(
+        &layer_norm(&r_q, &w.vec("query_norm.weight"), &w.vec("query_norm.bias")),
+        &w,
+        "query_mlp",
+    );
     // fusion: Conv1×1(cat(f'_Q, f'_S))
-    let cat: Mat = f_q.iter().zip(&f_s).map(|(a, b)| [a.clone(), b.clone()].concat()).collect();
+    let cat: Mat = f_q
+        .iter()
+        .zip(&f_s)
+        .map(|(a, b)| [a.clone(), b.clone()].concat())
+        .collect();
     let fused = affine(&cat, &w.mat("fuse.weight"), &w.vec("fuse.bias")); // [N][d]
 
     let mut worst = 0f64;

@@ -8,7 +8,11 @@ use mce_core::{AnyBackbone, Backbone, Mce, MceConfig};
 
 fn block(s: usize, lo: usize, hi: usize) -> Vec<f32> {
     (0..s * s)
-        .map(|k| f32::from(u8::from((lo..hi).contains(&(k / s)) && (lo..hi).contains(&(k % s)))))
+        .map(|k| {
+            f32::from(u8::from(
+                (lo..hi).contains(&(k / s)) && (lo..hi).contains(&(k % s)),
+            ))
+        })
         .collect()
 }
 
@@ -30,8 +34,10 @@ fn every_head_variable_gets_a_gradient_and_the_backbone_none() -> Result<()> {
             data.insert(name, Var::from_tensor(&t)?);
         }
     }
-    let backbone =
-        AnyBackbone::new(cfg.backbone, VarBuilder::from_varmap(&backbone_vars, DType::F32, &dev))?;
+    let backbone = AnyBackbone::new(
+        cfg.backbone,
+        VarBuilder::from_varmap(&backbone_vars, DType::F32, &dev),
+    )?;
 
     let head_vars = VarMap::new();
     let head = Mce::new(&cfg, VarBuilder::from_varmap(&head_vars, DType::F32, &dev))?;
@@ -55,11 +61,17 @@ fn every_head_variable_gets_a_gradient_and_the_backbone_none() -> Result<()> {
             .get(vars[name].as_tensor())
             .unwrap_or_else(|| panic!("no gradient for `{name}`"));
         let v = g.flatten_all()?.to_vec1::<f32>()?;
-        assert!(v.iter().all(|x| x.is_finite()), "non-finite gradient in `{name}`");
+        assert!(
+            v.iter().all(|x| x.is_finite()),
+            "non-finite gradient in `{name}`"
+        );
         assert!(v.iter().any(|x| *x != 0.0), "all-zero gradient in `{name}`");
     }
     for (name, var) in backbone_vars.data().lock().unwrap().iter() {
-        assert!(grads.get(var.as_tensor()).is_none(), "backbone `{name}` got a gradient");
+        assert!(
+            grads.get(var.as_tensor()).is_none(),
+            "backbone `{name}` got a gradient"
+        );
     }
     Ok(())
 }

@@ -14,7 +14,11 @@ fn features(cfg: &MceConfig, b: usize, seed: f32) -> Result<Features> {
         // deterministic, non-negative (post-ReLU-like) but varied values
         let n = b * ch[i] * g * g;
         let v: Vec<f32> = (0..n)
-            .map(|k| ((k as f32 * 0.6180339 + seed).sin() * 43758.547).fract().abs())
+            .map(|k| {
+                ((k as f32 * 0.6180339 + seed).sin() * 43758.547)
+                    .fract()
+                    .abs()
+            })
             .collect();
         Tensor::from_vec(v, (b, ch[i], g, g), &dev)
     };
@@ -62,8 +66,6 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
 
 /// Set the level-2 feature vector at grid position `(y, x)` of image 0 to other values.
 fn perturb_level2(f: &Features, y: usize, x: usize) -> Result<Features> {
-    let mut v = f.level2.to_vec3::<f32>().map(|_| ()).ok();
-    let _ = v.take();
     let (b, c, h, w) = f.level2.dims4()?;
     let mut data = f.level2.flatten_all()?.to_vec1::<f32>()?;
     for ch in 0..c {
@@ -79,18 +81,32 @@ fn perturb_level2(f: &Features, y: usize, x: usize) -> Result<Features> {
 fn support_branch_gives_background_keys_zero_weight() -> Result<()> {
     let cfg = small(Branches::SupportOnly);
     let (_, m) = head(&cfg)?;
-    let enc = &m.cross_encoding().expect("cross").levels().next().unwrap().1;
+    let enc = &m
+        .cross_encoding()
+        .expect("cross")
+        .levels()
+        .next()
+        .unwrap()
+        .1;
     let (q, s) = (features(&cfg, 1, 1.0)?, features(&cfg, 1, 2.0)?);
     let g = cfg.level_grid(2); // 8
     let mask = block_mask(1, g, 2, 6)?; // foreground rows/cols 2..6 at the level's own grid
-    let base = enc.forward(&enc.encode_query(&q.level2)?, &enc.encode_support(&s.level2, &mask)?)?;
+    let base = enc.forward(
+        &enc.encode_query(&q.level2)?,
+        &enc.encode_support(&s.level2, &mask)?,
+    )?;
     // Change the support token at background position (0, 0): as a key it is masked, so every other
     // output position must stay bit-identical (position (0,0) itself changes through its own S_q row).
     let s2 = perturb_level2(&s, 0, 0)?;
-    let out = enc.forward(&enc.encode_query(&q.level2)?, &enc.encode_support(&s2.level2, &mask)?)?;
+    let out = enc.forward(
+        &enc.encode_query(&q.level2)?,
+        &enc.encode_support(&s2.level2, &mask)?,
+    )?;
     let diff = (out - &base)?.abs()?.flatten_from(2)?.to_vec3::<f32>()?;
     for (pos, _) in diff[0][0].iter().enumerate() {
-        let worst = (0..cfg.d_model).map(|c| diff[0][c][pos]).fold(0f32, f32::max);
+        let worst = (0..cfg.d_model)
+            .map(|c| diff[0][c][pos])
+            .fold(0f32, f32::max);
         if pos == 0 {
             assert!(worst > 0.0, "the perturbed position's own row must change");
         } else {
@@ -99,7 +115,10 @@ fn support_branch_gives_background_keys_zero_weight() -> Result<()> {
     }
     // The same change at a foreground position (3, 3) must reach other positions.
     let s3 = perturb_level2(&s, 3, 3)?;
-    let out = enc.forward(&enc.encode_query(&q.level2)?, &enc.encode_support(&s3.level2, &mask)?)?;
+    let out = enc.forward(
+        &enc.encode_query(&q.level2)?,
+        &enc.encode_support(&s3.level2, &mask)?,
+    )?;
     assert!(max_abs_diff(&out.narrow(3, 7, 1)?, &base.narrow(3, 7, 1)?)? > 0.0);
     Ok(())
 }
@@ -108,7 +127,13 @@ fn support_branch_gives_background_keys_zero_weight() -> Result<()> {
 fn query_branch_ignores_background_support_values() -> Result<()> {
     let cfg = small(Branches::QueryOnly);
     let (_, m) = head(&cfg)?;
-    let enc = &m.cross_encoding().expect("cross").levels().next().unwrap().1;
+    let enc = &m
+        .cross_encoding()
+        .expect("cross")
+        .levels()
+        .next()
+        .unwrap()
+        .1;
     let (q, s) = (features(&cfg, 1, 1.0)?, features(&cfg, 1, 2.0)?);
     let mask = block_mask(1, cfg.level_grid(2), 2, 6)?;
     let qt = enc.encode_query(&q.level2)?;
@@ -134,11 +159,15 @@ fn empty_and_tiny_masks_give_finite_outputs() -> Result<()> {
     let s_img = cfg.image_size;
     for mask in [
         Tensor::zeros((1, 1, s_img, s_img), DType::F32, &Device::Cpu)?, // empty
-        block_mask(1, s_img, 30, 31)?,                                   // one pixel
+        block_mask(1, s_img, 30, 31)?,                                  // one pixel
     ] {
         let logits = m.forward(&q, &[(s.clone(), mask)], false)?;
         assert_eq!(logits.dims(), &[1, 2, s_img, s_img]);
-        let finite = logits.flatten_all()?.to_vec1::<f32>()?.iter().all(|v| v.is_finite());
+        let finite = logits
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .all(|v| v.is_finite());
         assert!(finite, "non-finite logits");
     }
     Ok(())
@@ -180,11 +209,13 @@ fn check_shapes(cfg: &MceConfig, shots: &[usize]) -> Result<()> {
         encoded.push(m.encode_support(&features(cfg, 1, 3.0 + k as f32)?, &mask, false)?);
     }
     for &k in shots {
-        let grid_logits = m.decode_grid(&q, &encoded[..k])?;
-        assert_eq!(grid_logits.dims(), &[1, 2, g, g], "K={k}");
-        assert_eq!(m.decoder_input(&q, &encoded[..k])?.dim(1)?, cfg.decoder_in());
+        let x = m.decoder_input(&q, &encoded[..k])?;
+        assert_eq!(x.dims(), &[1, cfg.decoder_in(), g, g], "K={k}");
+        let logits = candle_core::Module::forward(m.decoder(), &x)?;
+        assert_eq!(logits.dims(), &[1, 2, g, g], "K={k}");
     }
-    assert_eq!(m.decode(&q, &encoded[..1])?.dims(), &[1, 2, s, s]);
+    let full = mce_core::ops::resize_bilinear(&m.decode_grid(&q, &encoded[..1])?, s, s)?;
+    assert_eq!(full.dims(), &[1, 2, s, s]);
     Ok(())
 }
 

@@ -83,7 +83,7 @@ fn relu6(xs: &Tensor) -> Result<Tensor> {
     xs.clamp(0f32, 6f32)
 }
 
-/// A frozen conv + BN with TF-SAME padding.
+/// A frozen conv + BN with TF-SAME padding, computed from the input size at each call.
 #[derive(Debug, Clone)]
 struct SameConvBn {
     conv: FrozenConvBn,
@@ -113,23 +113,7 @@ impl SameConvBn {
         let (_, _, h, w) = xs.dims4()?;
         let (top, bottom) = same_padding(h, self.kernel, self.stride);
         let (left, right) = same_padding(w, self.kernel, self.stride);
-        // The symmetric part goes to the conv itself (no copy); only the surplus is padded explicitly.
-        let sym = top.min(left);
-        let mut xs = xs.clone();
-        if top > sym || bottom > sym {
-            xs = xs.pad_with_zeros(2, top - sym, bottom - sym)?;
-        }
-        if left > sym || right > sym {
-            xs = xs.pad_with_zeros(3, left - sym, right - sym)?;
-        }
-        let conv = FrozenConvBn {
-            geometry: ConvGeometry {
-                padding: sym,
-                ..self.conv.geometry
-            },
-            ..self.conv.clone()
-        };
-        conv.forward(&xs)
+        self.conv.forward_padded(xs, [top, bottom, left, right])
     }
 }
 
@@ -387,7 +371,7 @@ mod tests {
         assert_eq!(STAGES.iter().map(|s| s.repeats).sum::<usize>(), 16);
         let outs: Vec<usize> = STAGES
             .iter()
-            .flat_map(|s| std::iter::repeat(s.out_ch).take(s.repeats))
+            .flat_map(|s| (0..s.repeats).map(move |_| s.out_ch))
             .collect();
         let taps = TAP_BLOCKS.map(|b| outs[b]);
         assert_eq!(taps, BackboneKind::EfficientnetLite0.channels());

@@ -272,8 +272,9 @@ impl LevelEncoder {
             let sv = expect(&support.v, "S_v")?;
             let keep = support.mask.keep.unsqueeze(1)?.unsqueeze(3)?;
             let r_q = match self.attention {
-                Attention::Symmetric => expect(&query.query_weights, "A_Q")?
-                    .matmul(&sv.broadcast_mul(&keep)?)?,
+                Attention::Symmetric => {
+                    expect(&query.query_weights, "A_Q")?.matmul(&sv.broadcast_mul(&keep)?)?
+                }
                 Attention::Conventional => attend(
                     expect(&query.q, "Q_q")?,
                     expect(&support.k, "S_k")?,
@@ -322,7 +323,13 @@ impl CrossEncoding {
             .map(|(i, &l)| Ok((l, LevelEncoder::new(cfg, channels[l - 2], vb.pp(i))?)))
             .collect::<Result<Vec<_>>>()?;
         let merge_in = cfg.levels.len() * cfg.d_model;
-        let merge = conv2d(merge_in, cfg.reduce_dim, 1, Default::default(), vb.pp("merge"))?;
+        let merge = conv2d(
+            merge_in,
+            cfg.reduce_dim,
+            1,
+            Default::default(),
+            vb.pp("merge"),
+        )?;
         Ok(Self { levels, merge })
     }
 

@@ -13,7 +13,8 @@ pub fn cross_entropy_ignore(logits: &Tensor, labels: &Tensor) -> Result<Tensor> 
     let fg = labels.eq(1u32)?.to_dtype(dtype)?; // (B, H, W)
     let bg = labels.eq(0u32)?.to_dtype(dtype)?;
     let lsm = candle_nn::ops::log_softmax(logits, 1)?; // (B, 2, H, W)
-    let picked = (lsm.narrow(1, 0, 1)?.squeeze(1)?.mul(&bg)? + lsm.narrow(1, 1, 1)?.squeeze(1)?.mul(&fg)?)?;
+    let picked = (lsm.narrow(1, 0, 1)?.squeeze(1)?.mul(&bg)?
+        + lsm.narrow(1, 1, 1)?.squeeze(1)?.mul(&fg)?)?;
     let valid = (fg + bg)?.sum_all()?;
     let valid = valid.maximum(&Tensor::ones((), dtype, logits.device())?)?;
     picked.sum_all()?.neg()?.div(&valid)

@@ -48,7 +48,9 @@ impl LevelMask {
     pub fn new(mask: &Tensor, h: usize, w: usize) -> Result<Self> {
         let b = mask.dim(0)?;
         let resized = resize_bilinear(&mask.detach(), h, w)?.reshape((b, h * w))?;
-        let rows = resized.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+        let rows = resized
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec2::<f32>()?;
         let mut keep = Vec::with_capacity(b * h * w);
         let mut counts = Vec::with_capacity(b);
         for row in &rows {

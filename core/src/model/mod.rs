@@ -83,6 +83,11 @@ impl Mce {
         &self.config
     }
 
+    /// The decoder (ASPP and classifier).
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
     /// The cross-image encoding (absent when the config disables it).
     pub fn cross_encoding(&self) -> Option<&CrossEncoding> {
         self.cross.as_ref()
@@ -107,7 +112,9 @@ impl Mce {
     fn mid_level(&self, conv: &Conv2d, feats: &Features, train: bool) -> Result<Tensor> {
         let (_, _, h, w) = feats.level2.dims4()?;
         let l3 = resize_bilinear(&feats.level3, h, w)?;
-        let x = conv.forward(&Tensor::cat(&[&l3, &feats.level2], 1)?)?.relu()?;
+        let x = conv
+            .forward(&Tensor::cat(&[&l3, &feats.level2], 1)?)?
+            .relu()?;
         if train {
             dropout2d(&x, self.config.dropout)
         } else {
@@ -189,7 +196,11 @@ impl Mce {
 
     /// The decoder input `X = cat(f_Q, V_s, f_cross, A_sim)`, each support term averaged over the
     /// K shots: `(B, decoder_in, g, g)`.
-    pub fn decoder_input(&self, query: &QueryEncoding, shots: &[SupportEncoding]) -> Result<Tensor> {
+    pub fn decoder_input(
+        &self,
+        query: &QueryEncoding,
+        shots: &[SupportEncoding],
+    ) -> Result<Tensor> {
         if shots.is_empty() {
             candle_core::bail!("MCE needs at least one support shot");
         }

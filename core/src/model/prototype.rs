@@ -86,7 +86,9 @@ mod tests {
         // one channel, 2x2: values 1,2,3,4; mask on 2 and 4
         let f = Tensor::new(&[[[[1f32, 2.0], [3.0, 4.0]]]], &dev)?;
         let m = Tensor::new(&[[[[0f32, 1.0], [0.0, 1.0]]]], &dev)?;
-        let v = masked_average_pool(&f, &m)?.flatten_all()?.to_vec1::<f32>()?;
+        let v = masked_average_pool(&f, &m)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         assert!((v[0] - 6.0 / 2.0005).abs() < 1e-5);
         Ok(())
     }
@@ -96,11 +98,18 @@ mod tests {
         let dev = Device::Cpu;
         let s = Tensor::new(&[[[[1f32, 0.0]], [[0.0, 1.0]]]], &dev)?; // (1, 2ch, 1, 2): vectors (1,0), (0,1)
         let q = Tensor::new(&[[[[1f32, 1.0, 0.0]], [[0.0, 1.0, 3.0]]]], &dev)?; // (1,0),(1,1),(0,3)
-        let mask = LevelMask::new(&Tensor::ones((1, 1, 1, 2), candle_core::DType::F32, &dev)?, 1, 2)?;
+        let mask = LevelMask::new(
+            &Tensor::ones((1, 1, 1, 2), candle_core::DType::F32, &dev)?,
+            1,
+            2,
+        )?;
         let sim = SupportSimilarity::new(&s, &mask, SimilarityReduce::Mean)?;
         let a = sim.similarity(&q)?.flatten_all()?.to_vec1::<f32>()?;
         // raw mean cosines: 0.5, 0.7071, 0.5 -> min-max: 0, 1, 0
-        assert!(a[0].abs() < 1e-4 && (a[1] - 1.0).abs() < 1e-4 && a[2].abs() < 1e-4, "{a:?}");
+        assert!(
+            a[0].abs() < 1e-4 && (a[1] - 1.0).abs() < 1e-4 && a[2].abs() < 1e-4,
+            "{a:?}"
+        );
         Ok(())
     }
 }

@@ -60,15 +60,40 @@ impl FrozenConvBn {
         })
     }
 
-    /// Apply to `(B, I, H, W)`. Depthwise convolutions take the fast path of [`super::depthwise`].
+    /// Apply to `(B, I, H, W)` with the geometry's symmetric padding.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let p = self.geometry.padding;
+        self.forward_padded(xs, [p, p, p, p])
+    }
+
+    /// Apply with explicit zero padding `[top, bottom, left, right]` (TF "SAME" pads asymmetrically),
+    /// taking the cheapest exact route: 1×1 stride-1 convs are a matmul (candle's 1×1 `conv2d` is ~4×
+    /// slower), depthwise convs go to [`super::depthwise`], the rest to candle's `conv2d`.
+    pub fn forward_padded(&self, xs: &Tensor, pads: [usize; 4]) -> Result<Tensor> {
         let g = self.geometry;
-        let (out_c, _, _, _) = self.weight.dims4()?;
-        let ys = if g.groups > 1 && g.groups == out_c && self.weight.dim(1)? == 1 {
-            super::depthwise::depthwise_conv2d(xs, &self.weight, g.stride, g.padding, g.dilation)?
+        let (out_c, in_per_group, kh, kw) = self.weight.dims4()?;
+        let bias = self.bias.reshape((1, out_c, 1, 1))?;
+        let ys = if (kh, kw, g.stride, g.groups) == (1, 1, 1, 1) && pads == [0; 4] {
+            let (b, _, h, w) = xs.dims4()?;
+            let weight = self.weight.reshape((out_c, in_per_group))?;
+            // (out, in) x (B, in, H*W) -> (B, out, H*W)
+            weight
+                .broadcast_matmul(&xs.flatten_from(2)?)?
+                .reshape((b, out_c, h, w))?
+        } else if g.groups > 1 && g.groups == out_c && in_per_group == 1 {
+            super::depthwise::depthwise_conv2d_padded(xs, &self.weight, g.stride, pads, g.dilation)?
         } else {
-            xs.conv2d(&self.weight, g.padding, g.stride, g.dilation, g.groups)?
+            let [top, bottom, left, right] = pads;
+            // The symmetric part goes to the conv; only the surplus is padded explicitly.
+            let sym = top.min(bottom).min(left).min(right);
+            let xs = if pads == [sym; 4] {
+                xs.clone()
+            } else {
+                xs.pad_with_zeros(2, top - sym, bottom - sym)?
+                    .pad_with_zeros(3, left - sym, right - sym)?
+            };
+            xs.conv2d(&self.weight, sym, g.stride, g.dilation, g.groups)?
         };
-        ys.broadcast_add(&self.bias.reshape((1, out_c, 1, 1))?)
+        ys.broadcast_add(&bias)
     }
 }

@@ -46,7 +46,7 @@ pub fn resize_bilinear(xs: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     let dev = xs.device();
     let ry = interpolation_matrix(h, in_h, dev)?.to_dtype(dtype)?; // (h, H)
     let rx = interpolation_matrix(w, in_w, dev)?.to_dtype(dtype)?.t()?; // (W, w)
-    // (B, C, H, W) x (W, w) -> (B, C, H, w);  (h, H) x (B, C, H, w) -> (B, C, h, w)
+                                                                        // (B, C, H, W) x (W, w) -> (B, C, H, w);  (h, H) x (B, C, H, w) -> (B, C, h, w)
     let xs = xs.broadcast_matmul(&rx)?;
     ry.broadcast_matmul(&xs)
 }

@@ -1,0 +1,43 @@
+//! Choosing the model a command runs: a trained checkpoint, or the pretrained backbone with an
+//! untrained head (`--init lite0`), which must be announced loudly.
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use mce_core::inference::{lite0_weights_path, Segmenter};
+use mce_core::MceConfig;
+use std::path::PathBuf;
+
+/// Where the model comes from.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// A trained MCE checkpoint (safetensors).
+    #[arg(long, conflicts_with = "init")]
+    pub model: Option<PathBuf>,
+    /// No checkpoint: pretrained backbone + UNTRAINED head. Only `lite0` is bundled.
+    #[arg(long, value_parser = ["lite0"])]
+    pub init: Option<String>,
+}
+
+impl ModelArgs {
+    pub fn load(&self, device: &Device) -> Result<Segmenter> {
+        match (&self.model, &self.init) {
+            (Some(path), _) => Segmenter::from_checkpoint(path, device)
+                .with_context(|| format!("loading model {}", path.display())),
+            (None, Some(_)) => {
+                let weights = lite0_weights_path();
+                let s = Segmenter::untrained(&MceConfig::edge_lite0(), &weights, device)
+                    .with_context(|| format!("loading backbone {}", weights.display()))?;
+                warn_untrained();
+                Ok(s)
+            }
+            (None, None) => bail!("give a trained checkpoint with --model, or --init lite0"),
+        }
+    }
+}
+
+/// The loud warning every untrained-head run prints.
+pub fn warn_untrained() {
+    let line = "!".repeat(78);
+    eprintln!("{line}\n!! WARNING: the MCE head is UNTRAINED (random weights, --init lite0).\n!! The backbone is pretrained, but the masks below are meaningless.\n!! Train one with mce-train, or pass --model <checkpoint>.\n{line}");
+    tracing::warn!("running with an untrained head");
+}

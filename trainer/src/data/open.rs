@@ -1,0 +1,60 @@
+//! Opening any supported format by name (used by the command line).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Coco20i, FewShotDataset, Folders, Fss1000, MsrcV2, Pascal5i, Protocol};
+use crate::Result;
+
+/// The supported formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetKind {
+    /// PASCAL-5i ([`Pascal5i`]).
+    Pascal,
+    /// COCO-20i ([`Coco20i`]).
+    Coco,
+    /// FSS-1000 ([`Fss1000`]).
+    Fss,
+    /// `<class>/images` + `<class>/masks` ([`Folders`]).
+    Folders,
+    /// MSRC-v2 ([`MsrcV2`]).
+    Msrc,
+}
+
+/// Format-specific options; each format ignores what it does not use.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// PASCAL: the image list; FSS-1000: the test-class list; COCO: an `instances_*.json` (its
+    /// images are then looked for in `root`).
+    pub list: Option<PathBuf>,
+    /// COCO with no `list`: the split ("train" or "val"; default "val").
+    pub split: Option<String>,
+    /// Protocol thresholds (default: 2048 pixels, filter at 1 pixel).
+    pub protocol: Protocol,
+}
+
+/// Open the dataset of `kind` at `root`.
+pub fn open_dataset(
+    kind: DatasetKind,
+    root: &Path,
+    options: &OpenOptions,
+) -> Result<Box<dyn FewShotDataset>> {
+    let list = options.list.as_deref();
+    let mut ds: Box<dyn FewShotDataset> = match kind {
+        DatasetKind::Pascal => Box::new(Pascal5i::open(root, list)?),
+        DatasetKind::Coco => match list {
+            Some(json) => Box::new(Coco20i::open(json, root)?),
+            None => Box::new(Coco20i::open_root(
+                root,
+                options.split.as_deref().unwrap_or("val"),
+            )?),
+        },
+        DatasetKind::Fss => Box::new(Fss1000::open(root, list)?),
+        DatasetKind::Folders => Box::new(Folders::open(root)?),
+        DatasetKind::Msrc => Box::new(MsrcV2::open(root)?),
+    };
+    ds.set_protocol(options.protocol);
+    Ok(ds)
+}

@@ -1,0 +1,106 @@
+//! `mce-train`: command line of the trainer. Subcommands so far: `check-data`.
+//!
+//! Exit status: 0 = done and no problem found, 1 = the check found problems, 2 = error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use mce_train::data::{check_data, open_dataset, CheckOptions, DatasetKind, OpenOptions, Protocol};
+
+#[derive(Debug, Parser)]
+#[command(name = "mce-train", version, about = "Episodic meta-training and evaluation of MCE")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Scan a dataset and report counts per class and fold, unreadable files, image/label size
+    /// mismatches and classes with too few images.
+    CheckData(CheckDataArgs),
+}
+
+#[derive(Debug, Args)]
+struct CheckDataArgs {
+    /// Dataset format.
+    #[arg(long, value_enum)]
+    dataset: DatasetKind,
+    /// Dataset root.
+    #[arg(long)]
+    root: PathBuf,
+    /// Check only this fold (default: all).
+    #[arg(long)]
+    fold: Option<usize>,
+    /// Number of folds (default: the dataset's, 4 for the benchmarks).
+    #[arg(long)]
+    folds: Option<usize>,
+    /// Shots K: each class needs K + 1 images.
+    #[arg(long, default_value_t = 1)]
+    shots: usize,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// PASCAL: image list; FSS-1000: test-class list; COCO: instances json (images in --root).
+    #[arg(long)]
+    list: Option<PathBuf>,
+    /// COCO without --list: split to open (train or val).
+    #[arg(long)]
+    split: Option<String>,
+    /// Pixels a class needs to count in an image.
+    #[arg(long, default_value_t = Protocol::default().min_pixels)]
+    min_pixels: u64,
+    /// Read only image headers instead of decoding every image.
+    #[arg(long)]
+    headers_only: bool,
+}
+
+fn check_data_cmd(a: &CheckDataArgs) -> anyhow::Result<ExitCode> {
+    let options = OpenOptions {
+        list: a.list.clone(),
+        split: a.split.clone(),
+        protocol: Protocol {
+            min_pixels: a.min_pixels,
+            ..Protocol::default()
+        },
+    };
+    let dataset = open_dataset(a.dataset, &a.root, &options)?;
+    let report = check_data(
+        dataset.as_ref(),
+        &CheckOptions {
+            fold: a.fold,
+            n_folds: a.folds,
+            shots: a.shots,
+            decode_images: !a.headers_only,
+        },
+    )?;
+    print!("{report}");
+    if let Some(path) = &a.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if report.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::CheckData(a) => check_data_cmd(a),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(2)
+    })
+}
