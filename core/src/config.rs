@@ -136,7 +136,7 @@ impl MceConfig {
     /// Check the values that would otherwise fail deep inside a forward pass.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
-        if self.heads == 0 || self.d_model % self.heads != 0 {
+        if self.heads == 0 || !self.d_model.is_multiple_of(self.heads) {
             return bad(format!(
                 "d_model {} is not divisible by heads {}",
                 self.d_model, self.heads

@@ -33,7 +33,7 @@ fn save_fresh(cfg: &MceConfig, name: &str) -> (PathBuf, VarMap) {
     (path, vm)
 }
 
-fn err_of(path: &PathBuf) -> String {
+fn err_of(path: &std::path::Path) -> String {
     match checkpoint::load(path, &Device::Cpu) {
         Ok(_) => panic!("{} loaded but should not", path.display()),
         Err(e) => e.to_string(),

@@ -1,6 +1,10 @@
 //! The MCE head on synthetic backbone features: mask semantics, an independent loop-based reference
 //! of one cross-encoding level, K-shot averaging, shapes for both presets.
 
+// Attention maps of the paper preset are ~400 MB each; see device/src/main.rs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use mce_core::config::{Branches, MceConfig};

@@ -1,5 +1,10 @@
 use clap::Parser;
 
+/// Large tensors (attention maps are tens of MB) are allocated and freed every frame; glibc returns
+/// them to the OS each time and the next frame pays the page faults again. mimalloc keeps them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -10,7 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use mce_train::data::{check_data, open_dataset, CheckOptions, DatasetKind, OpenOptions, Protocol};
 
 #[derive(Debug, Parser)]
-#[command(name = "mce-train", version, about = "Episodic meta-training and evaluation of MCE")]
+#[command(
+    name = "mce-train",
+    version,
+    about = "Episodic meta-training and evaluation of MCE"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -109,7 +109,7 @@ fn attend(a: &Tensor, b: &Tensor, v: &Tensor, scale: f64, bias: Option<&Tensor>)
 }
 
 fn weights(a: &Tensor, b: &Tensor, scale: f64, bias: Option<&Tensor>) -> Result<Tensor> {
-    let logits = (a.matmul(&b.t()?)? * scale)?; // (B, h, N, N)
+    let logits = (a * scale)?.matmul(&b.t()?)?; // (B, h, N, N); scaling a is N/d_h times cheaper
     let logits = match bias {
         Some(bias) => logits.broadcast_add(bias)?,
         None => logits,

@@ -12,10 +12,7 @@ pub fn contiguous(
     n_folds: usize,
 ) -> Result<(Vec<ClassId>, Vec<ClassId>)> {
     check_fold(fold, n_folds)?;
-    let (lo, hi) = (
-        fold * ids.len() / n_folds,
-        (fold + 1) * ids.len() / n_folds,
-    );
+    let (lo, hi) = (fold * ids.len() / n_folds, (fold + 1) * ids.len() / n_folds);
     split(ids, fold, n_folds, |i, _| (lo..hi).contains(&i))
 }
 

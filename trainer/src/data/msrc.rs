@@ -61,7 +61,10 @@ impl MsrcV2 {
             if !dir.is_dir() {
                 return Err(Error::layout(
                     root,
-                    format!("no folder {} (expected MSRC_v2/Images and MSRC_v2/labels_png)", dir.display()),
+                    format!(
+                        "no folder {} (expected MSRC_v2/Images and MSRC_v2/labels_png)",
+                        dir.display()
+                    ),
                 ));
             }
         }

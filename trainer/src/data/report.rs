@@ -106,17 +106,33 @@ impl DataReport {
     /// The per-class table (one column per checked fold: training images, or `<n>T` where the
     /// fold tests the class, `-` where the class is in neither pool).
     pub fn class_table(&self) -> String {
-        let w = self.classes.iter().map(|c| c.name.len()).max().unwrap_or(5).max(5);
-        let mut s = format!("{:>4}  {:<w$}  {:>7}  {:>7}  {:>4}", "id", "class", "images", "any px", "test");
+        let w = self
+            .classes
+            .iter()
+            .map(|c| c.name.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        let mut s = format!(
+            "{:>4}  {:<w$}  {:>7}  {:>7}  {:>4}",
+            "id", "class", "images", "any px", "test"
+        );
         for f in &self.folds {
             let _ = write!(s, "  {:>7}", format!("fold {}", f.fold));
         }
         s.push('\n');
         for c in &self.classes {
             let test = c.test_fold.map_or("-".to_string(), |f| f.to_string());
-            let _ = write!(s, "{:>4}  {:<w$}  {:>7}  {:>7}  {:>4}", c.id, c.name, c.images, c.images_any, test);
+            let _ = write!(
+                s,
+                "{:>4}  {:<w$}  {:>7}  {:>7}  {:>4}",
+                c.id, c.name, c.images, c.images_any, test
+            );
             for f in &self.folds {
-                let cell = match (f.test_class_images.get(&c.id), f.train_class_images.get(&c.id)) {
+                let cell = match (
+                    f.test_class_images.get(&c.id),
+                    f.train_class_images.get(&c.id),
+                ) {
                     (Some(n), _) => format!("{n}T"),
                     (None, Some(n)) => n.to_string(),
                     (None, None) => "-".to_string(),
@@ -130,7 +146,10 @@ impl DataReport {
 }
 
 fn join<T: ToString>(v: &[T]) -> String {
-    v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    v.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl Display for DataReport {
@@ -149,7 +168,10 @@ impl Display for DataReport {
             self.shots
         )?;
         writeln!(f, "\n{}", self.class_table())?;
-        writeln!(f, "fold  test images  train images  removed by filter  test classes")?;
+        writeln!(
+            f,
+            "fold  test images  train images  removed by filter  test classes"
+        )?;
         for fc in &self.folds {
             writeln!(
                 f,
@@ -177,7 +199,11 @@ impl Display for DataReport {
             }
         }
         if !self.size_mismatches.is_empty() {
-            writeln!(f, "image/label size mismatches ({}):", self.size_mismatches.len())?;
+            writeln!(
+                f,
+                "image/label size mismatches ({}):",
+                self.size_mismatches.len()
+            )?;
             for m in &self.size_mismatches {
                 writeln!(
                     f,
@@ -192,13 +218,21 @@ impl Display for DataReport {
             }
         }
         if !self.unknown_labels.is_empty() {
-            writeln!(f, "labels with values that are no class ({}):", self.unknown_labels.len())?;
+            writeln!(
+                f,
+                "labels with values that are no class ({}):",
+                self.unknown_labels.len()
+            )?;
             for u in &self.unknown_labels {
                 writeln!(f, "  {}: values {}", u.label, join(&u.values))?;
             }
         }
         if !self.too_few_images.is_empty() {
-            writeln!(f, "classes with too few images ({}):", self.too_few_images.len())?;
+            writeln!(
+                f,
+                "classes with too few images ({}):",
+                self.too_few_images.len()
+            )?;
             for c in &self.too_few_images {
                 writeln!(
                     f,

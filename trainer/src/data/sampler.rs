@@ -171,6 +171,9 @@ mod tests {
         let mut s = EpisodeSampler::new(1);
         let mut hist = [0usize; 3];
         (0..30_000).for_each(|_| hist[s.below(3)] += 1);
-        assert!(hist.iter().all(|&h| (9_000..11_000).contains(&h)), "{hist:?}");
+        assert!(
+            hist.iter().all(|&h| (9_000..11_000).contains(&h)),
+            "{hist:?}"
+        );
     }
 }

@@ -45,7 +45,10 @@ impl Segmentation {
                 let mut mask = vec![0u8; height * width];
                 for poly in polys {
                     if poly.len() % 2 != 0 {
-                        return Err(format!("polygon with an odd number ({}) of coordinates", poly.len()));
+                        return Err(format!(
+                            "polygon with an odd number ({}) of coordinates",
+                            poly.len()
+                        ));
                     }
                     let part = polygon_mask(poly, height, width);
                     mask.iter_mut().zip(part).for_each(|(m, p)| *m |= p);
@@ -166,8 +169,11 @@ impl Coco20i {
         drop(bytes);
         let mut cats = json.categories;
         cats.sort_by_key(|c| c.id);
-        let class_of: HashMap<u64, ClassId> =
-            cats.iter().enumerate().map(|(i, c)| (c.id, i + 1)).collect();
+        let class_of: HashMap<u64, ClassId> = cats
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id, i + 1))
+            .collect();
         let classes = cats
             .iter()
             .enumerate()
@@ -188,12 +194,15 @@ impl Coco20i {
                 });
                 continue;
             };
-            by_image.entry(a.image_id).or_default().push(CocoAnnotation {
-                id: a.id,
-                class,
-                iscrowd: a.iscrowd != 0,
-                segmentation: a.segmentation,
-            });
+            by_image
+                .entry(a.image_id)
+                .or_default()
+                .push(CocoAnnotation {
+                    id: a.id,
+                    class,
+                    iscrowd: a.iscrowd != 0,
+                    segmentation: a.segmentation,
+                });
         }
         let mut imgs = json.images;
         imgs.sort_by_key(|i| i.id);
@@ -252,16 +261,26 @@ impl Coco20i {
                 Some(dir) => Coco20i::open(&json, dir),
                 None => Err(Error::layout(
                     root,
-                    format!("{} found but no image folder {}", json.display(), paths(&dirs)),
+                    format!(
+                        "{} found but no image folder {}",
+                        json.display(),
+                        paths(&dirs)
+                    ),
                 )),
             };
         }
-        Err(Error::layout(root, format!("no annotation file: tried {}", paths(&tried))))
+        Err(Error::layout(
+            root,
+            format!("no annotation file: tried {}", paths(&tried)),
+        ))
     }
 }
 
 fn paths(p: &[PathBuf]) -> String {
-    p.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    p.iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl FewShotDataset for Coco20i {

@@ -147,7 +147,11 @@ impl Rle {
         let (h, w) = (height as i64, width as i64);
         let k = xy.len() / 2;
         if k == 0 || h == 0 || w == 0 {
-            let counts = if h * w > 0 { vec![(h * w) as u32] } else { vec![] };
+            let counts = if h * w > 0 {
+                vec![(h * w) as u32]
+            } else {
+                vec![]
+            };
             return Rle {
                 height,
                 width,
@@ -157,7 +161,9 @@ impl Rle {
         let scale = 5.0;
         // `as i64` truncates toward zero like C's `(int)`.
         let mut x: Vec<i64> = (0..k).map(|j| (scale * xy[2 * j] + 0.5) as i64).collect();
-        let mut y: Vec<i64> = (0..k).map(|j| (scale * xy[2 * j + 1] + 0.5) as i64).collect();
+        let mut y: Vec<i64> = (0..k)
+            .map(|j| (scale * xy[2 * j + 1] + 0.5) as i64)
+            .collect();
         x.push(x[0]);
         y.push(y[0]);
         // Discrete points densely along the whole outline.
@@ -240,4 +246,111 @@ pub fn polygon_mask(xy: &[f64], height: usize, width: usize) -> Vec<u8> {
     Rle::from_polygon(xy, height, width)
         .decode()
         .expect("polygon runs cover the image exactly")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Row-major 0/1 mask from rows of '0'/'1' characters.
+    fn grid(rows: &[&str]) -> Vec<u8> {
+        rows.iter()
+            .flat_map(|r| r.bytes().map(|b| b - b'0'))
+            .collect()
+    }
+
+    #[test]
+    fn compressed_strings_hand_checked() -> Result<(), String> {
+        // 3x3, column-major runs 1 zero, 2 ones, 3 zeros, 1 one, 2 zeros. From the 4th count on
+        // the code stores differences to the count two before: 1 - 2 = -1 and 2 - 3 = -1, and -1
+        // is 0x1f with the sign bit 0x10 set -> '0' + 31 = 'O'. (pycocotools agrees: "123OO".)
+        let rle = Rle::from_compressed("123OO", 3, 3)?;
+        assert_eq!(rle.counts, [1, 2, 3, 1, 2]);
+        assert_eq!(rle.decode()?, grid(&["001", "100", "100"]));
+        assert_eq!(rle.to_compressed(), "123OO");
+        assert_eq!(Rle::from_mask(&rle.decode()?, 3, 3), rle);
+        // Two characters for 40: 40 = 8 + (1 << 5): 'X' = '0' + (8 | 0x20 more), then '1'.
+        let rle = Rle::from_compressed("5X15", 50, 1)?;
+        assert_eq!(rle.counts, [5, 40, 5]);
+        let mask = rle.decode()?;
+        assert_eq!(mask.iter().filter(|&&v| v == 1).count(), 40);
+        assert!(mask[5] == 1 && mask[44] == 1 && mask[4] == 0 && mask[45] == 0);
+        Ok(())
+    }
+
+    #[test]
+    fn uncompressed_and_compressed_agree() -> Result<(), String> {
+        // A 30x40 mask with two boxes, string from pycocotools' encode.
+        let (h, w) = (30, 40);
+        let mut mask = vec![0u8; h * w];
+        for y in 0..h {
+            for x in 0..w {
+                let a = (3..20).contains(&y) && (5..33).contains(&x);
+                let b = (22..28).contains(&y) && (1..4).contains(&x);
+                mask[y * w + x] = u8::from(a || b);
+            }
+        }
+        let s = "d16h0000;;ZO00000000000000000000000000000000000000000000000000000_6";
+        let rle = Rle::from_compressed(s, h, w)?;
+        assert_eq!(rle.decode()?, mask);
+        assert_eq!(Rle::from_mask(&mask, h, w).to_compressed(), s);
+        let plain = Rle {
+            height: h,
+            width: w,
+            counts: rle.counts.clone(),
+        };
+        assert_eq!(plain.decode()?, mask);
+        Ok(())
+    }
+
+    #[test]
+    fn polygons_match_pycocotools() -> Result<(), String> {
+        // Expected strings from pycocotools' frPyObjects (rleFrPoly).
+        let square = Rle::from_polygon(&[1., 1., 4., 1., 4., 4., 1., 4.], 6, 6);
+        assert_eq!(square.to_compressed(), "733000;");
+        assert_eq!(
+            square.decode()?,
+            grid(&["000000", "011100", "011100", "011100", "000000", "000000"])
+        );
+        let quad = [0.5, 0.2, 7.3, 1.1, 5.2, 6.8, 1.0, 5.5];
+        assert_eq!(
+            Rle::from_polygon(&quad, 8, 9).to_compressed(),
+            "86201O01OO1Mb0"
+        );
+        let concave = [2., 0., 8., 3., 2., 7., 5., 3.5];
+        let rle = Rle::from_polygon(&concave, 8, 10);
+        assert_eq!(rle.to_compressed(), "f01201001NO420Og0");
+        assert_eq!(rle.decode()?.iter().filter(|&&v| v == 1).count(), 11);
+        Ok(())
+    }
+
+    #[test]
+    fn round_trip_and_errors() {
+        let (h, w) = (7, 5);
+        let mut state = 99u32;
+        for _ in 0..50 {
+            let mask: Vec<u8> = (0..h * w)
+                .map(|_| {
+                    state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    u8::from(state >> 29 == 0)
+                })
+                .collect();
+            let s = Rle::from_mask(&mask, h, w).to_compressed();
+            assert_eq!(Rle::from_compressed(&s, h, w).and_then(|r| r.decode()), Ok(mask));
+        }
+        assert!(Rle::from_compressed("12 3", 3, 3).is_err());
+        assert!(Rle::from_compressed("X", 3, 3).is_err(), "ends inside a value");
+        let too_long = Rle {
+            height: 2,
+            width: 2,
+            counts: vec![1, 4],
+        };
+        assert!(too_long.decode().unwrap_err().contains("more than"));
+        let short = Rle {
+            height: 2,
+            width: 2,
+            counts: vec![1, 1],
+        };
+        assert_eq!(short.decode(), Ok(vec![0, 0, 1, 0]));
+    }
 }
