@@ -64,6 +64,12 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
         .context("no result")?;
     let elapsed = start.elapsed();
     let mask = result.mask();
+    for path in std::iter::once(&args.out).chain(&args.overlay) {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
     overlay::mask_image(result.width, result.height, &mask)
         .save(&args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
