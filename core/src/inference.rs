@@ -12,7 +12,7 @@ use crate::backbone::{AnyBackbone, Backbone, Features};
 use crate::checkpoint;
 use crate::config::MceConfig;
 use crate::error::{Error, Result};
-use crate::model::{Mce, SupportEncoding};
+use crate::model::{Mce, Mode, SupportEncoding};
 use crate::preprocess::{self, Mask, Prepared, Resize};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -194,7 +194,7 @@ impl Segmenter {
         }
         let shots = exemplars
             .iter()
-            .map(|e| self.head.encode_support(&e.features, &e.mask, false))
+            .map(|e| self.head.encode_support(&e.features, &e.mask, Mode::Eval))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(ClassEncoding { shots })
     }
@@ -202,7 +202,7 @@ impl Segmenter {
     /// Segment one frame against each class: backbone and query encoding once, the head per class.
     pub fn segment(&self, frame: &RgbImage, classes: &[&ClassEncoding]) -> Result<Vec<ClassMap>> {
         let prepared = self.prepare(frame)?;
-        let query = self.head.encode_query(&self.features(&prepared)?, false)?;
+        let query = self.head.encode_query(&self.features(&prepared)?, Mode::Eval)?;
         classes
             .iter()
             .map(|class| {

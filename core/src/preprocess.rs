@@ -307,13 +307,21 @@ pub fn mask_tensor_for_model(mask: &Tensor) -> crate::Result<Tensor> {
     Ok(mask.to_dtype(DType::F32)?.eq(1f32)?.to_dtype(DType::F32)?)
 }
 
-/// `(2, S, S)` or `(1, 2, S, S)` logits -> `(1, 2, orig_h, orig_w)` f32 (see [`Resize`]).
-fn logits_at_original(logits: &Tensor, p: &Prepared) -> crate::Result<Tensor> {
+/// `(2, S, S)` or `(1, 2, S, S)` logits of an `orig_h × orig_w` image brought to the canvas by
+/// `resize` -> `(1, 2, orig_h, orig_w)` f32 (see [`Resize`]; the valid region is
+/// `resize.valid_hw(orig_h, orig_w)`, as [`prepare_image`] places it). For callers that keep only
+/// the original size (cached features), not a [`Prepared`].
+pub fn logits_at_original_size(
+    logits: &Tensor,
+    resize: Resize,
+    orig_h: usize,
+    orig_w: usize,
+) -> crate::Result<Tensor> {
     let l = match logits.rank() {
         3 => logits.unsqueeze(0)?,
         _ => logits.clone(),
     };
-    let s = p.resize.size();
+    let s = resize.size();
     if l.dims() != [1, 2, s, s] {
         return Err(Error::Input(format!(
             "expected logits (2, {s}, {s}) or (1, 2, {s}, {s}), got {:?}",
@@ -321,14 +329,15 @@ fn logits_at_original(logits: &Tensor, p: &Prepared) -> crate::Result<Tensor> {
         )));
     }
     let l = l.to_dtype(DType::F32)?;
-    let (oh, ow) = (p.orig_h, p.orig_w);
-    let out = if let Resize::FieldTest(_) = p.resize {
+    let (oh, ow) = (orig_h, orig_w);
+    let (valid_h, valid_w) = resize.valid_hw(oh, ow);
+    let out = if let Resize::FieldTest(_) = resize {
         let side = oh.max(ow);
         crate::ops::resize_bilinear(&l, side, side)?
             .narrow(2, 0, oh)?
             .narrow(3, 0, ow)?
     } else {
-        let valid = l.narrow(2, 0, p.valid_h)?.narrow(3, 0, p.valid_w)?;
+        let valid = l.narrow(2, 0, valid_h)?.narrow(3, 0, valid_w)?;
         crate::ops::resize_bilinear(&valid.contiguous()?, oh, ow)?
     };
     Ok(out.contiguous()?)
@@ -337,14 +346,26 @@ fn logits_at_original(logits: &Tensor, p: &Prepared) -> crate::Result<Tensor> {
 /// Per original pixel, row-major: 1 where the foreground logit is larger, else 0 (ties -> 0, like
 /// `argmax`).
 pub fn logits_to_original(logits: &Tensor, prepared: &Prepared) -> crate::Result<Vec<u8>> {
-    let l = logits_at_original(logits, prepared)?;
+    let p = prepared;
+    logits_to_original_size(logits, p.resize, p.orig_h, p.orig_w)
+}
+
+/// [`logits_to_original`] for an `orig_h × orig_w` image brought to the canvas by `resize`.
+pub fn logits_to_original_size(
+    logits: &Tensor,
+    resize: Resize,
+    orig_h: usize,
+    orig_w: usize,
+) -> crate::Result<Vec<u8>> {
+    let l = logits_at_original_size(logits, resize, orig_h, orig_w)?;
     let fg_wins = l.narrow(1, 1, 1)?.gt(&l.narrow(1, 0, 1)?)?;
     Ok(fg_wins.flatten_all()?.to_vec1::<u8>()?)
 }
 
 /// Per original pixel, row-major: softmax foreground probability.
 pub fn probabilities_to_original(logits: &Tensor, prepared: &Prepared) -> crate::Result<Vec<f32>> {
-    let l = logits_at_original(logits, prepared)?;
+    let p = prepared;
+    let l = logits_at_original_size(logits, p.resize, p.orig_h, p.orig_w)?;
     let prob = candle_nn::ops::softmax(&l, 1)?.narrow(1, 1, 1)?;
     Ok(prob.flatten_all()?.to_vec1::<f32>()?)
 }

@@ -4,6 +4,7 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use mce_core::model::loss::cross_entropy_ignore;
+use mce_core::model::Mode;
 use mce_core::{AnyBackbone, Backbone, Mce, MceConfig};
 
 fn block(s: usize, lo: usize, hi: usize) -> Vec<f32> {
@@ -48,7 +49,7 @@ fn every_head_variable_gets_a_gradient_and_the_backbone_none() -> Result<()> {
     let mask = Tensor::from_vec(block(s, 32, 96), (1, 1, s, s), &dev)?;
     let labels = Tensor::from_vec(block(s, 40, 100), (1, s, s), &dev)?.to_dtype(DType::U8)?;
 
-    let logits = head.forward(&query, &[(support, mask)], true)?;
+    let logits = head.forward(&query, &[(support, mask)], Mode::Train { seed: 1 })?;
     let loss = cross_entropy_ignore(&logits, &labels)?;
     let grads = loss.backward()?;
 

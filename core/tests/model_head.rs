@@ -8,6 +8,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use mce_core::config::{Branches, MceConfig};
+use mce_core::model::Mode;
 use mce_core::{Features, Mce};
 
 fn features(cfg: &MceConfig, b: usize, seed: f32) -> Result<Features> {
@@ -165,7 +166,7 @@ fn empty_and_tiny_masks_give_finite_outputs() -> Result<()> {
         Tensor::zeros((1, 1, s_img, s_img), DType::F32, &Device::Cpu)?, // empty
         block_mask(1, s_img, 30, 31)?,                                  // one pixel
     ] {
-        let logits = m.forward(&q, &[(s.clone(), mask)], false)?;
+        let logits = m.forward(&q, &[(s.clone(), mask)], Mode::Eval)?;
         assert_eq!(logits.dims(), &[1, 2, s_img, s_img]);
         let finite = logits
             .flatten_all()?
@@ -181,11 +182,11 @@ fn empty_and_tiny_masks_give_finite_outputs() -> Result<()> {
 fn k_shot_decoder_input_is_the_average_of_single_shots() -> Result<()> {
     let cfg = small(Branches::Both);
     let (_, m) = head(&cfg)?;
-    let q = m.encode_query(&features(&cfg, 2, 1.0)?, false)?;
+    let q = m.encode_query(&features(&cfg, 2, 1.0)?, Mode::Eval)?;
     let shots = (0..3)
         .map(|k| {
             let mask = block_mask(2, cfg.image_size, 8 + 4 * k, 40)?;
-            m.encode_support(&features(&cfg, 2, 5.0 + k as f32)?, &mask, false)
+            m.encode_support(&features(&cfg, 2, 5.0 + k as f32)?, &mask, Mode::Eval)
         })
         .collect::<Result<Vec<_>>>()?;
     let joint = m.decoder_input(&q, &shots)?;
@@ -204,13 +205,13 @@ fn check_shapes(cfg: &MceConfig, shots: &[usize]) -> Result<()> {
     let vm = VarMap::new();
     Mce::new(cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))?;
     let m = Mce::frozen(cfg, &vm)?;
-    let q = m.encode_query(&features(cfg, 1, 1.0)?, false)?;
+    let q = m.encode_query(&features(cfg, 1, 1.0)?, Mode::Eval)?;
     let s = cfg.image_size;
     let g = cfg.grid();
     let mut encoded = Vec::new();
     for k in 0..*shots.iter().max().unwrap() {
         let mask = block_mask(1, s, s / 4, s / 2 + k)?;
-        encoded.push(m.encode_support(&features(cfg, 1, 3.0 + k as f32)?, &mask, false)?);
+        encoded.push(m.encode_support(&features(cfg, 1, 3.0 + k as f32)?, &mask, Mode::Eval)?);
     }
     for &k in shots {
         let x = m.decoder_input(&q, &encoded[..k])?;

@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use mce_core::backbone::{AnyBackbone, Backbone};
 use mce_core::inference::load_backbone;
+use mce_core::model::Mode;
 use mce_core::{Mce, MceConfig};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -113,14 +114,14 @@ fn run_once(
             t.insert(format!("mce_level{l}"), ms);
         }
     }
-    let (query, ms_q) = timed(|| head.encode_query(&feats, false))?;
+    let (query, ms_q) = timed(|| head.encode_query(&feats, Mode::Eval))?;
     let (x, _) = timed(|| head.decoder_input(&query, support))?;
     let (_, ms) = timed(|| candle_core::Module::forward(head.decoder(), &x))?;
     t.insert("decoder".to_string(), ms);
     let (_, ms_d) = timed(|| head.decode(&query, support))?;
     t.insert("head_total".to_string(), ms_q + ms_d);
     t.insert("frame_total".to_string(), t["backbone"] + ms_q + ms_d);
-    let (_, ms) = timed(|| head.encode_support(support_feats, mask, false))?;
+    let (_, ms) = timed(|| head.encode_support(support_feats, mask, Mode::Eval))?;
     t.insert("support_encode_per_shot".to_string(), ms);
     Ok(t)
 }
@@ -141,7 +142,7 @@ fn bench_preset(name: &str, shots: &[usize], runs: usize) -> Result<Vec<StageTim
     let mut out = Vec::new();
     for &k in shots {
         let support = (0..k)
-            .map(|_| head.encode_support(&support_feats, &mask, false))
+            .map(|_| head.encode_support(&support_feats, &mask, Mode::Eval))
             .collect::<candle_core::Result<Vec<_>>>()?;
         run_once(&cfg, &backbone, &head, &support, &support_feats, &mask)?; // warm-up
         let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();

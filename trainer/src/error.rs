@@ -9,6 +9,10 @@ pub enum Error {
     #[error(transparent)]
     Core(#[from] mce_core::Error),
 
+    /// A tensor operation failed (training, evaluation).
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
     /// Reading a file or listing a directory failed.
     #[error("{path}: {source}")]
     Io {

@@ -18,8 +18,15 @@
 //! Images and masks are decoded with `mce_core::preprocess` (`load_rgb`, `load_mask`), so the
 //! trainer and the device read data the same way.
 
+pub mod augment;
+pub mod baselines;
 pub mod data;
 pub mod error;
+pub mod eval;
+pub mod features;
+pub mod optim;
+pub mod train;
+pub mod transform;
 
 pub use data::{
     check_data, open_dataset, test_episodes, CheckOptions, ClassId, ClassInfo, DataReport,

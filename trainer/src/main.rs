@@ -6,6 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+
+/// Attention maps and feature caches are large and short-lived; glibc returns every allocation over
+/// 32 MB to the OS and pays page faults on the next one. mimalloc keeps them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Args, Parser, Subcommand};
 use mce_train::data::{check_data, open_dataset, CheckOptions, DatasetKind, OpenOptions, Protocol};
 
@@ -25,6 +30,13 @@ enum Command {
     /// Scan a dataset and report counts per class and fold, unreadable files, image/label size
     /// mismatches and classes with too few images.
     CheckData(CheckDataArgs),
+    /// Meta-train the MCE head on a dataset's training classes of one fold.
+    Train(mce_train::train::cli::TrainArgs),
+    /// Evaluate a checkpoint on a fold's test episodes (several seeds, original resolution).
+    Eval(mce_train::eval::EvalArgs),
+    /// Training-free baselines (all foreground, prototype cosine, nearest neighbour) on the same
+    /// episodes, their parameters chosen on the fold's training classes.
+    Baselines(mce_train::baselines::BaselinesArgs),
 }
 
 #[derive(Debug, Args)]
@@ -94,7 +106,7 @@ fn check_data_cmd(a: &CheckDataArgs) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -102,6 +114,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::CheckData(a) => check_data_cmd(a),
+        Command::Train(a) => mce_train::train::cli::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Eval(a) => mce_train::eval::run(a),
+        Command::Baselines(a) => mce_train::baselines::run(a),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

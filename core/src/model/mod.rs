@@ -16,6 +16,7 @@
 
 pub mod cross_encoding;
 pub mod decoder;
+pub mod init;
 pub mod loss;
 pub mod masks;
 pub mod prototype;
@@ -29,6 +30,26 @@ use cross_encoding::{CrossEncoding, QueryTokens, SupportTokens};
 use decoder::Decoder;
 use masks::LevelMask;
 use prototype::{masked_average_pool, SupportSimilarity};
+
+/// Whether a pass trains (Dropout2d on, drawn from `seed`) or evaluates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Eval,
+    /// Training: dropout masks are a pure function of the seed, so runs and resumes reproduce.
+    Train { seed: u64 },
+}
+
+impl Mode {
+    /// A different but reproducible training seed for each part of a pass (query, shot k).
+    pub fn derive(self, salt: u64) -> Mode {
+        match self {
+            Mode::Eval => Mode::Eval,
+            Mode::Train { seed } => Mode::Train {
+                seed: crate::ops::splitmix64(seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            },
+        }
+    }
+}
 
 /// Everything the head needs from one support image (one shot), batched over episodes.
 #[derive(Debug, Clone)]
@@ -109,16 +130,15 @@ impl Mce {
     }
 
     /// Mid-level features `ReLU(Conv1×1(cat(level3, level2)))` on the stride-8 grid, Dropout2d in training.
-    fn mid_level(&self, conv: &Conv2d, feats: &Features, train: bool) -> Result<Tensor> {
+    fn mid_level(&self, conv: &Conv2d, feats: &Features, mode: Mode) -> Result<Tensor> {
         let (_, _, h, w) = feats.level2.dims4()?;
         let l3 = resize_bilinear(&feats.level3, h, w)?;
         let x = conv
             .forward(&Tensor::cat(&[&l3, &feats.level2], 1)?)?
             .relu()?;
-        if train {
-            dropout2d(&x, self.config.dropout)
-        } else {
-            Ok(x)
+        match mode {
+            Mode::Train { seed } => dropout2d(&x, self.config.dropout, seed),
+            Mode::Eval => Ok(x),
         }
     }
 
@@ -127,9 +147,9 @@ impl Mce {
         &self,
         feats: &Features,
         mask: &Tensor,
-        train: bool,
+        mode: Mode,
     ) -> Result<SupportEncoding> {
-        let f_s = self.mid_level(&self.down_supp, feats, train)?; // (B, r, g, g)
+        let f_s = self.mid_level(&self.down_supp, feats, mode)?; // (B, r, g, g)
         let (_, _, g, _) = f_s.dims4()?;
         let prototype = masked_average_pool(&f_s, &resize_bilinear(mask, g, g)?)?;
         let (_, _, h4, w4) = feats.level4.dims4()?;
@@ -154,7 +174,7 @@ impl Mce {
     }
 
     /// Encode a query: mid-level features, its tokens and attention weights at every level.
-    pub fn encode_query(&self, feats: &Features, train: bool) -> Result<QueryEncoding> {
+    pub fn encode_query(&self, feats: &Features, mode: Mode) -> Result<QueryEncoding> {
         let levels = feats.levels();
         let tokens = match &self.cross {
             Some(cross) => cross
@@ -164,7 +184,7 @@ impl Mce {
             None => vec![],
         };
         Ok(QueryEncoding {
-            mid: self.mid_level(&self.down_query, feats, train)?,
+            mid: self.mid_level(&self.down_query, feats, mode)?,
             level4: feats.level4.clone(),
             tokens,
         })
@@ -238,12 +258,13 @@ impl Mce {
         &self,
         query: &Features,
         shots: &[(Features, Tensor)],
-        train: bool,
+        mode: Mode,
     ) -> Result<Tensor> {
-        let q = self.encode_query(query, train)?;
+        let q = self.encode_query(query, mode.derive(0))?;
         let s = shots
             .iter()
-            .map(|(f, m)| self.encode_support(f, m, train))
+            .enumerate()
+            .map(|(k, (f, m))| self.encode_support(f, m, mode.derive(k as u64 + 1)))
             .collect::<Result<Vec<_>>>()?;
         self.decode(&q, &s)
     }

@@ -4,14 +4,16 @@
 //!   it has a backward pass (`upsample_bilinear2d` has none in candle 0.11).
 //! * [`layer_norm`]: LayerNorm from primitive ops (`candle_nn::LayerNorm` silently drops gradients on
 //!   contiguous inputs).
-//! * [`softmax`]: the composed softmax (the fused `softmax_last_dim` has no backward).
+//! * [`softmax`]: last-dim softmax via [`softmax::softmax_last_dim`], a fused, vectorised, multithreaded
+//!   CPU kernel with a backward pass (candle's fused `softmax_last_dim` has none and is slow).
 //! * [`frozen`]: convolution + BatchNorm folded into one convolution, for the frozen backbones.
 //! * [`depthwise`]: a fast depthwise convolution (candle runs grouped convs one group at a time).
 
 pub mod depthwise;
 pub mod frozen;
+pub mod softmax;
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{Device, Result, Tensor, D};
 
 /// The `(out, in)` interpolation matrix of a 1-D linear resize with `align_corners = true`.
 pub fn interpolation_matrix(out: usize, input: usize, device: &Device) -> Result<Tensor> {
@@ -60,27 +62,39 @@ pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resu
     normed.broadcast_mul(weight)?.broadcast_add(bias)
 }
 
-/// Softmax over the last dimension. When `xs` records an autograd graph, the composed (differentiable)
-/// form is used; otherwise candle's fused kernel, which is several times faster but has no backward.
+/// Softmax over the last dimension, differentiable (see [`softmax::softmax_last_dim`]).
 pub fn softmax(xs: &Tensor) -> Result<Tensor> {
-    if xs.track_op() {
-        candle_nn::ops::softmax(xs, D::Minus1)
-    } else {
-        candle_nn::ops::softmax_last_dim(xs)
-    }
+    softmax::softmax_last_dim(xs)
 }
 
-/// `Dropout2d`: zero whole channels of `(B, C, H, W)` with probability `p`, scale the rest by `1/(1-p)`.
-pub fn dropout2d(xs: &Tensor, p: f32) -> Result<Tensor> {
+/// SplitMix64: a tiny, well-mixed, reproducible 64-bit hash / generator step.
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// `Dropout2d`: zero whole channels of `(B, C, H, W)` with probability `p`, scale the rest by
+/// `1/(1-p)`. The channel mask is a pure function of `seed` (candle's CPU `rand` is not seedable).
+pub fn dropout2d(xs: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(xs.clone());
     }
     let (b, c, _, _) = xs.dims4()?;
-    let keep = Tensor::rand(0f32, 1f32, (b, c, 1, 1), xs.device())?
-        .ge(p)?
-        .to_dtype(DType::F32)?;
-    let scale = keep.affine(1.0 / (1.0 - p as f64), 0.0)?;
-    xs.broadcast_mul(&scale.to_dtype(xs.dtype())?)
+    let scale = 1.0 / (1.0 - p);
+    let keep: Vec<f32> = (0..(b * c) as u64)
+        .map(|i| {
+            let u = (splitmix64(seed ^ splitmix64(i)) >> 40) as f32 / (1u64 << 24) as f32;
+            if u >= p {
+                scale
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let keep = Tensor::from_vec(keep, (b, c, 1, 1), xs.device())?.to_dtype(xs.dtype())?;
+    xs.broadcast_mul(&keep)
 }
 
 #[cfg(test)]
@@ -115,6 +129,23 @@ mod tests {
         assert!(gx.min_all()?.to_scalar::<f32>()? > 0.0);
         let total = gx.sum_all()?.to_scalar::<f32>()?;
         assert!((total - 2.0 * 3.0 * 99.0).abs() < 1e-2, "total {total}");
+        Ok(())
+    }
+
+    #[test]
+    fn dropout2d_is_reproducible_and_drops_whole_channels() -> Result<()> {
+        let x = Tensor::ones((2, 64, 3, 3), candle_core::DType::F32, &Device::Cpu)?;
+        let a = dropout2d(&x, 0.5, 7)?.flatten_from(2)?.to_vec3::<f32>()?;
+        let b = dropout2d(&x, 0.5, 7)?.flatten_from(2)?.to_vec3::<f32>()?;
+        let c = dropout2d(&x, 0.5, 8)?.flatten_from(2)?.to_vec3::<f32>()?;
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let mut dropped = 0;
+        for ch in a.iter().flatten() {
+            assert!(ch.iter().all(|&v| v == ch[0]) && (ch[0] == 0.0 || ch[0] == 2.0));
+            dropped += usize::from(ch[0] == 0.0);
+        }
+        assert!((40..=88).contains(&dropped), "{dropped} of 128 channels dropped");
         Ok(())
     }
 

@@ -74,6 +74,14 @@ impl LabelSource {
         }
     }
 
+    /// The file the label is read from (for COCO, the annotation json).
+    pub fn path(&self) -> &Path {
+        match self {
+            LabelSource::ClassIndex(p) | LabelSource::Binary { path: p, .. } => p,
+            LabelSource::Coco(img) => &img.annotation_file,
+        }
+    }
+
     /// A name for reports: the label file, or the image's COCO id and annotation file.
     pub fn describe(&self) -> String {
         match self {

@@ -82,7 +82,7 @@ pub fn check_data<D: FewShotDataset + ?Sized>(
         }
         if let Some(error) = &s.error {
             unreadable.push(FileProblem {
-                path: entry.label.describe().into(),
+                path: entry.label.path().to_path_buf(),
                 error: error.clone(),
             });
         }

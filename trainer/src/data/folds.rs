@@ -50,19 +50,21 @@ fn split(
     n_folds: usize,
     is_test: impl Fn(usize, ClassId) -> bool,
 ) -> Result<(Vec<ClassId>, Vec<ClassId>)> {
-    let (test, train): (Vec<(usize, ClassId)>, Vec<(usize, ClassId)>) = ids
-        .iter()
-        .copied()
-        .enumerate()
-        .partition(|&(i, c)| is_test(i, c));
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for (i, &c) in ids.iter().enumerate() {
+        if is_test(i, c) {
+            test.push(c);
+        } else {
+            train.push(c);
+        }
+    }
     if test.is_empty() {
         return Err(Error::Input(format!(
             "fold {fold} of {n_folds} has no test class ({} classes)",
             ids.len()
         )));
     }
-    let ids = |v: Vec<(usize, ClassId)>| v.into_iter().map(|(_, c)| c).collect();
-    Ok((ids(train), ids(test)))
+    Ok((train, test))
 }
 
 #[cfg(test)]

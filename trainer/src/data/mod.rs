@@ -40,7 +40,7 @@ pub use coco::Coco20i;
 pub use folders::Folders;
 pub use fss::Fss1000;
 pub use msrc::MsrcV2;
-pub use open::{open_dataset, DatasetKind, OpenOptions};
+pub use open::{open_dataset, DatasetArgs, DatasetKind, OpenOptions};
 pub use pascal::Pascal5i;
 pub use report::DataReport;
 pub use sample::{LoadedSample, MaskSource, Sample, SampleRef};
@@ -97,10 +97,10 @@ pub trait FewShotDataset: Send + Sync {
         cat.check_class(class)?;
         let pool = cat.pool(&[class], &[]);
         let images = pool.images(class);
-        Ok(images
+        images
             .iter()
             .map(|&image| cat.sample(SampleRef { image, class }))
-            .collect::<Result<_>>()?)
+            .collect()
     }
 
     /// Training pool of a fold: every train class with the images in which it counts, after

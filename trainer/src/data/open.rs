@@ -58,3 +58,38 @@ pub fn open_dataset(
     ds.set_protocol(options.protocol);
     Ok(ds)
 }
+
+/// The command-line flags that name a dataset, shared by every subcommand that reads one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatasetArgs {
+    /// Dataset format.
+    #[arg(long, value_enum)]
+    pub dataset: DatasetKind,
+    /// Dataset root.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// PASCAL: image list; FSS-1000: test-class list; COCO: instances json (images in --root).
+    #[arg(long)]
+    pub list: Option<PathBuf>,
+    /// COCO without --list: split to open (train or val).
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Pixels a class needs to count in an image.
+    #[arg(long, default_value_t = Protocol::default().min_pixels)]
+    pub min_pixels: u64,
+}
+
+impl DatasetArgs {
+    /// Open the dataset these flags describe.
+    pub fn open(&self) -> Result<Box<dyn FewShotDataset>> {
+        let options = OpenOptions {
+            list: self.list.clone(),
+            split: self.split.clone(),
+            protocol: Protocol {
+                min_pixels: self.min_pixels,
+                ..Protocol::default()
+            },
+        };
+        open_dataset(self.dataset, &self.root, &options)
+    }
+}

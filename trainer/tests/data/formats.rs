@@ -3,9 +3,7 @@
 
 use std::path::Path;
 
-use mce_train::data::{
-    ClassPool, FewShotDataset, Folders, Fss1000, MsrcV2, Pascal5i, Protocol,
-};
+use mce_train::data::{ClassPool, FewShotDataset, Folders, Fss1000, MsrcV2, Pascal5i, Protocol};
 use mce_train::{ClassId, Result};
 
 use super::fixtures::{self, area, label, rgb, Rect, BIG, H, SMALL, W};
@@ -32,7 +30,13 @@ pub fn pascal(root: &Path) {
     for (i, regions) in labels.iter().enumerate() {
         let id = format!("2008_00000{}", i + 1);
         rgb(&root.join(format!("JPEGImages/{id}.jpg")), W, H);
-        label(&root.join(format!("SegmentationClassAug/{id}.png")), W, H, 0, regions);
+        label(
+            &root.join(format!("SegmentationClassAug/{id}.png")),
+            W,
+            H,
+            0,
+            regions,
+        );
         list.push_str(&format!(
             "JPEGImages/{id}.jpg SegmentationClassAug/{id}.png\n"
         ));
@@ -54,9 +58,16 @@ fn pascal_classes_folds_threshold_filter() -> Result<()> {
     let dir = fixtures::tempdir();
     pascal(dir.path());
     let mut ds = Pascal5i::open(dir.path(), Some(&dir.path().join("train.txt")))?;
-    assert_eq!(ds.catalog().entries().len(), 8, "the repeated line is dropped");
+    assert_eq!(
+        ds.catalog().entries().len(),
+        8,
+        "the repeated line is dropped"
+    );
     assert_eq!(ds.classes().len(), 20);
-    assert_eq!((ds.classes()[0].id, ds.classes()[0].name.as_str()), (1, "aeroplane"));
+    assert_eq!(
+        (ds.classes()[0].id, ds.classes()[0].name.as_str()),
+        (1, "aeroplane")
+    );
     assert_eq!(ds.classes()[19].name, "tvmonitor");
     let (train, test) = ds.fold_classes(0, 4)?;
     assert_eq!(test, [1, 2, 3, 4, 5]);
@@ -72,11 +83,17 @@ fn pascal_classes_folds_threshold_filter() -> Result<()> {
     assert_eq!(ds.catalog().scan().images[5].pixels(3), 2047);
     assert_eq!(ds.catalog().scan().images[2].pixels(1), area(SMALL));
     let test0 = ds.test_pool(0, 4)?;
-    assert_eq!(pool_of(&test0), [(1, vec![0, 1, 3, 7]), (2, vec![6, 7]), (3, vec![4])]);
+    assert_eq!(
+        pool_of(&test0),
+        [(1, vec![0, 1, 3, 7]), (2, vec![6, 7]), (3, vec![4])]
+    );
 
     // Filter: fold 1 tests 6..10, so p2 (c6, 100 px) and p3 (c7) leave training.
     let train1 = ds.train_pool(1, 4)?;
-    assert_eq!(pool_of(&train1), [(1, vec![0, 3, 7]), (2, vec![6, 7]), (3, vec![4])]);
+    assert_eq!(
+        pool_of(&train1),
+        [(1, vec![0, 3, 7]), (2, vec![6, 7]), (3, vec![4])]
+    );
     // Fold 0 tests 1..5: p3's 1600 px of c1 are enough to remove it (any pixel filters), so c7
     // has no training image although it counts in p3.
     assert_eq!(ds.catalog().class_images(7, 2048), [2]);
@@ -97,9 +114,15 @@ fn pascal_classes_folds_threshold_filter() -> Result<()> {
     assert_eq!(ds.catalog().entries().len(), 2);
     let problems = ds.catalog().listing_problems();
     assert_eq!(problems.len(), 1);
-    assert!(problems[0].path.ends_with("2008_000099.jpg"), "{problems:?}");
+    assert!(
+        problems[0].path.ends_with("2008_000099.jpg"),
+        "{problems:?}"
+    );
     // No list: every label PNG.
-    assert_eq!(Pascal5i::open(dir.path(), None)?.catalog().entries().len(), 8);
+    assert_eq!(
+        Pascal5i::open(dir.path(), None)?.catalog().entries().len(),
+        8
+    );
     assert!(Pascal5i::open(dir.path().join("nope"), None).is_err());
     Ok(())
 }
@@ -120,13 +143,22 @@ fn fss_classes_and_class_list() -> Result<()> {
     let dir = fixtures::tempdir();
     fss(dir.path());
     let ds = Fss1000::open(dir.path(), None)?;
-    let names: Vec<_> = ds.classes().iter().map(|c| (c.id, c.name.as_str())).collect();
+    let names: Vec<_> = ds
+        .classes()
+        .iter()
+        .map(|c| (c.id, c.name.as_str()))
+        .collect();
     assert_eq!(names, [(0, "apple"), (1, "bee"), (2, "cat")]);
     assert_eq!(ds.catalog().entries().len(), 9);
-    assert!(ds.catalog().listing_problems()[0].path.ends_with("cat/4.jpg"));
+    assert!(ds.catalog().listing_problems()[0]
+        .path
+        .ends_with("cat/4.jpg"));
     assert_eq!(ds.default_folds(), 4);
     assert_eq!(ds.fold_classes(1, 4)?, (vec![0, 2], vec![1]));
-    assert!(ds.fold_classes(3, 4).is_err(), "3 classes, fold 3 tests nothing");
+    assert!(
+        ds.fold_classes(3, 4).is_err(),
+        "3 classes, fold 3 tests nothing"
+    );
     assert_eq!(ds.samples(2)?.len(), 3);
 
     std::fs::write(dir.path().join("test.txt"), "cat\nbee\n").expect("write");
@@ -137,7 +169,10 @@ fn fss_classes_and_class_list() -> Result<()> {
     assert_eq!(ds.train_pool(0, 1)?.images(0), [0, 1, 2]);
     std::fs::write(dir.path().join("bad.txt"), "dog\n").expect("write");
     let err = Fss1000::open(dir.path(), Some(&dir.path().join("bad.txt"))).unwrap_err();
-    assert!(err.to_string().contains("bad.txt") && err.to_string().contains("dog"), "{err}");
+    assert!(
+        err.to_string().contains("bad.txt") && err.to_string().contains("dog"),
+        "{err}"
+    );
     Ok(())
 }
 
@@ -148,11 +183,22 @@ fn folders_match_masks_by_stem() -> Result<()> {
     for (class, n) in [("dog", 3), ("car", 2)] {
         for i in 0..n {
             rgb(&root.join(format!("{class}/images/{class}{i}.jpg")), W, H);
-            fixtures::binary(&root.join(format!("{class}/masks/{class}{i}.png")), W, H, BIG);
+            fixtures::binary(
+                &root.join(format!("{class}/masks/{class}{i}.png")),
+                W,
+                H,
+                BIG,
+            );
         }
     }
     // 0/1 mask with an ignore band, and an orphan mask.
-    label(&root.join("car/masks/car1.png"), W, H, 0, &[(1, BIG), (255, [0, 60, 96, 64])]);
+    label(
+        &root.join("car/masks/car1.png"),
+        W,
+        H,
+        0,
+        &[(1, BIG), (255, [0, 60, 96, 64])],
+    );
     fixtures::binary(&root.join("car/masks/orphan.png"), W, H, BIG);
     let ds = Folders::open(root)?;
     let names: Vec<_> = ds.classes().iter().map(|c| c.name.as_str()).collect();
@@ -179,7 +225,13 @@ pub fn msrc(root: &Path) {
     for (i, regions) in labels.iter().enumerate() {
         let stem = format!("1_{}_s", i + 1);
         rgb(&root.join(format!("MSRC_v2/Images/{stem}.png")), W, H);
-        label(&root.join(format!("MSRC_v2/labels_png/{stem}_GT.png")), W, H, 255, regions);
+        label(
+            &root.join(format!("MSRC_v2/labels_png/{stem}_GT.png")),
+            W,
+            H,
+            255,
+            regions,
+        );
     }
 }
 
@@ -197,7 +249,10 @@ fn msrc_classes_folds_and_void() -> Result<()> {
     assert_eq!(ds.fold_classes(1, 4)?.1, [1, 5, 9, 13, 17, 21]);
     // Class 0 is a class here (not background); 255 is void.
     assert_eq!(ds.catalog().class_images(0, 2048), [0, 3]);
-    assert_eq!(ds.catalog().scan().images[0].class_pixels, [(0, 2304), (1, 2304)]);
+    assert_eq!(
+        ds.catalog().scan().images[0].class_pixels,
+        [(0, 2304), (1, 2304)]
+    );
     // Fold 1 tests 1: image 0 leaves training; fold 0 tests 0 and 8: only image 2 (horse) stays.
     assert_eq!(ds.train_pool(1, 4)?.images(0), [3]);
     let train0 = ds.train_pool(0, 4)?;
@@ -206,6 +261,12 @@ fn msrc_classes_folds_and_void() -> Result<()> {
     let count = |v: u8| m.data.iter().filter(|&&x| x == v).count() as u64;
     assert_eq!((count(1), count(0), count(255)), (2304, 2304, 6144 - 4608));
     // Also opens from the MSRC_v2 folder itself.
-    assert_eq!(MsrcV2::open(dir.path().join("MSRC_v2"))?.catalog().entries().len(), 4);
+    assert_eq!(
+        MsrcV2::open(dir.path().join("MSRC_v2"))?
+            .catalog()
+            .entries()
+            .len(),
+        4
+    );
     Ok(())
 }

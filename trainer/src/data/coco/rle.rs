@@ -336,10 +336,16 @@ mod tests {
                 })
                 .collect();
             let s = Rle::from_mask(&mask, h, w).to_compressed();
-            assert_eq!(Rle::from_compressed(&s, h, w).and_then(|r| r.decode()), Ok(mask));
+            assert_eq!(
+                Rle::from_compressed(&s, h, w).and_then(|r| r.decode()),
+                Ok(mask)
+            );
         }
         assert!(Rle::from_compressed("12 3", 3, 3).is_err());
-        assert!(Rle::from_compressed("X", 3, 3).is_err(), "ends inside a value");
+        assert!(
+            Rle::from_compressed("X", 3, 3).is_err(),
+            "ends inside a value"
+        );
         let too_long = Rle {
             height: 2,
             width: 2,

@@ -1,0 +1,483 @@
+//! Softmax over the last dimension: a fast fused CPU kernel that also has a backward pass.
+//!
+//! candle 0.11 offers either the composed `candle_nn::ops::softmax` (differentiable, several passes and
+//! temporaries) or the fused `candle_nn::ops::softmax_last_dim` (no backward, scalar libm `exp` per
+//! element). [`softmax_last_dim`] here is one custom op with both:
+//!
+//! * forward (CPU, f32): rows split over `std::thread::scope` threads; per row the max, a vectorisable
+//!   Cephes-style `exp` ([`exp_approx`]), the sum and a scale by `1/sum`. The row kernel is plain f32
+//!   arithmetic over fixed-width lane arrays so LLVM auto-vectorises it; on x86-64 an AVX2 copy of the
+//!   same code is picked at run time (no FMA contraction, so both copies give bit-identical results);
+//! * forward (other dtypes or devices): candle's fused `softmax_last_dim`;
+//! * backward (all): `y * (g - sum(g * y, last dim, keepdim))` with candle tensor ops.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    bail, CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Layout, MetalStorage, Result,
+    Shape, Tensor, D,
+};
+
+/// Softmax over the last dimension, differentiable. Rows whose logits are `-inf` give exactly `0` there
+/// (a row needs at least one finite logit, as with any softmax).
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+        // `contiguous` is a cheap clone when `xs` already is, and keeps the autograd chain otherwise.
+        return xs.contiguous()?.apply_op1(SoftmaxLastDim);
+    }
+    let ys = candle_nn::ops::softmax_last_dim(&xs.contiguous()?.detach())?;
+    if !xs.track_op() {
+        return Ok(ys);
+    }
+    // Attach the backward: an op of (xs, ys) whose forward just hands back ys's storage.
+    xs.apply_op2(&ys, SoftmaxFromResult)
+}
+
+/// The softmax gradient `y * (g - sum(g * y, last dim, keepdim))`.
+fn softmax_grad(res: &Tensor, grad_res: &Tensor) -> Result<Tensor> {
+    let dot = (grad_res * res)?.sum_keepdim(D::Minus1)?;
+    res * grad_res.broadcast_sub(&dot)?
+}
+
+/// The fused CPU f32 softmax.
+struct SoftmaxLastDim;
+
+impl CustomOp1 for SoftmaxLastDim {
+    fn name(&self) -> &'static str {
+        "mce-softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            bail!("{}: expected f32, got {:?}", self.name(), storage.dtype())
+        };
+        let owned;
+        let src: &[f32] = match layout.contiguous_offsets() {
+            Some((start, end)) => &data[start..end],
+            None => {
+                owned = gather_strided(data, layout);
+                &owned
+            }
+        };
+        let row = layout.shape().dims().last().copied().unwrap_or(1);
+        let mut dst = vec![0f32; src.len()];
+        if row > 0 && !src.is_empty() {
+            softmax_rows_parallel(src, &mut dst, row);
+        }
+        Ok((CpuStorage::F32(dst), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        softmax_grad(res, grad_res).map(Some)
+    }
+}
+
+/// A contiguous copy of the elements of a strided `layout` over `data`.
+fn gather_strided(data: &[f32], layout: &Layout) -> Vec<f32> {
+    let dims = layout.dims();
+    let stride = layout.stride();
+    let n = layout.shape().elem_count();
+    let mut out = Vec::with_capacity(n);
+    if n == 0 {
+        return out;
+    }
+    let mut index = vec![0usize; dims.len()];
+    let mut offset = layout.start_offset();
+    for _ in 0..n {
+        out.push(data[offset]);
+        // Odometer step over the dims, innermost first.
+        for d in (0..dims.len()).rev() {
+            index[d] += 1;
+            offset += stride[d];
+            if index[d] < dims[d] {
+                break;
+            }
+            offset -= stride[d] * dims[d];
+            index[d] = 0;
+        }
+    }
+    out
+}
+
+/// The non-CPU-f32 path: `(xs, ys) -> ys` where `ys` is candle's fused softmax of `xs`, so that the
+/// result carries the softmax backward with respect to `xs`.
+struct SoftmaxFromResult;
+
+impl SoftmaxFromResult {
+    fn take<S: BackendStorage>(&self, ys: &S, layout: &Layout) -> Result<(S, Shape)> {
+        // `ys` is a fresh, contiguous tensor, so its whole storage is exactly the result.
+        if layout.contiguous_offsets() != Some((0, layout.shape().elem_count())) {
+            bail!("{}: the fused result must be contiguous", self.name())
+        }
+        Ok((ys.try_clone(layout)?, layout.shape().clone()))
+    }
+}
+
+impl CustomOp2 for SoftmaxFromResult {
+    fn name(&self) -> &'static str {
+        "mce-softmax-last-dim-fallback"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        ys: &CpuStorage,
+        layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.take(ys, layout)
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        ys: &CudaStorage,
+        layout: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.take(ys, layout)
+    }
+
+    fn metal_fwd(
+        &self,
+        _: &MetalStorage,
+        _: &Layout,
+        ys: &MetalStorage,
+        layout: &Layout,
+    ) -> Result<(MetalStorage, Shape)> {
+        self.take(ys, layout)
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _ys: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(softmax_grad(res, grad_res)?), None))
+    }
+}
+
+/// Below this many elements the kernel runs on the calling thread only.
+const MIN_ELEMS_PER_THREAD: usize = 1 << 15;
+
+/// Softmax of each `row`-long row of `src` into `dst`, the rows split over the available cores.
+fn softmax_rows_parallel(src: &[f32], dst: &mut [f32], row: usize) {
+    let rows = src.len() / row;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(rows)
+        .min(src.len() / MIN_ELEMS_PER_THREAD)
+        .max(1);
+    if threads == 1 {
+        softmax_rows(src, dst, row);
+        return;
+    }
+    let chunk = rows.div_ceil(threads) * row;
+    std::thread::scope(|scope| {
+        let mut pairs = src.chunks(chunk).zip(dst.chunks_mut(chunk));
+        let first = pairs.next();
+        for (s, d) in pairs {
+            scope.spawn(move || softmax_rows(s, d, row));
+        }
+        if let Some((s, d)) = first {
+            softmax_rows(s, d, row);
+        }
+    });
+}
+
+/// Softmax of each `row`-long row of `src` into `dst` on this thread, AVX2 code when available.
+fn softmax_rows(src: &[f32], dst: &mut [f32], row: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            unsafe { softmax_rows_avx2(src, dst, row) };
+            return;
+        }
+    }
+    softmax_rows_generic(src, dst, row);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn softmax_rows_avx2(src: &[f32], dst: &mut [f32], row: usize) {
+    softmax_rows_generic(src, dst, row)
+}
+
+/// Lanes of the per-row reductions: independent accumulators let LLVM keep them in vector registers.
+const LANES: usize = 16;
+
+#[inline(always)]
+fn softmax_rows_generic(src: &[f32], dst: &mut [f32], row: usize) {
+    for (s, d) in src.chunks_exact(row).zip(dst.chunks_exact_mut(row)) {
+        softmax_row(s, d);
+    }
+}
+
+#[inline(always)]
+fn softmax_row(src: &[f32], dst: &mut [f32]) {
+    // Max. `if v > m` skips NaN here; a NaN logit then turns the whole row into NaN through the sum.
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = src.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
+        }
+    }
+    let mut max = f32::NEG_INFINITY;
+    for &v in lanes.iter().chain(tail) {
+        max = if v > max { v } else { max };
+    }
+
+    // exp(x - max) and its sum.
+    let mut sums = [0f32; LANES];
+    let mut s_chunks = src.chunks_exact(LANES);
+    let mut d_chunks = dst.chunks_exact_mut(LANES);
+    for (s, d) in (&mut s_chunks).zip(&mut d_chunks) {
+        for i in 0..LANES {
+            let e = exp_approx(s[i] - max);
+            d[i] = e;
+            sums[i] += e;
+        }
+    }
+    let mut sum = 0f32;
+    for (s, d) in s_chunks.remainder().iter().zip(d_chunks.into_remainder()) {
+        let e = exp_approx(s - max);
+        *d = e;
+        sum += e;
+    }
+    let sum = sums.iter().sum::<f32>() + sum;
+
+    let inv = 1.0 / sum;
+    for d in dst.iter_mut() {
+        *d *= inv;
+    }
+}
+
+/// `e^x` in f32 without libm, branch-free so that loops over it vectorise (Cephes `expf`): `x = n ln2 + r`
+/// with `|r| <= ln2/2`, a degree-7 polynomial for `e^r`, and `2^n` built from its exponent bits.
+///
+/// Relative error below 1e-7 on `[-87, 0]` (measured 8.0e-8, see the tests), likewise up to 88. Inputs below
+/// `ln(f32::MIN_POSITIVE)` (about -87.34), `-inf` included, give exactly `0`: no subnormals. Inputs
+/// above 88 saturate at `e^88`; NaN gives NaN.
+#[inline(always)]
+pub fn exp_approx(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two: C1 has few mantissa bits so `n * C1` is exact for |n| <= 128.
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    // Adding 1.5 * 2^23 rounds to the nearest integer and leaves it in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    const ROUND_BITS: i32 = 0x4B40_0000;
+    const LOWEST: f32 = -87.336_55; // ln(f32::MIN_POSITIVE)
+
+    // Comparisons rather than `min`/`max` so NaN passes through (and the selects vectorise).
+    let xc = if x < -88.0 { -88.0 } else { x };
+    let xc = if xc > 88.0 { 88.0 } else { xc };
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
+    let r = xc - n * C1;
+    let r = r - n * C2;
+    let mut p = 1.987_569_2e-4;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5; // Cephes: 5.0000001201e-1, which rounds to 0.5 in f32
+    let er = p * (r * r) + r + 1.0;
+    let k = (t.to_bits() as i32).wrapping_sub(ROUND_BITS); // n as an integer
+    let two_n = f32::from_bits((k.wrapping_add(127) << 23) as u32);
+    let y = er * two_n;
+    if x < LOWEST {
+        0.0
+    } else {
+        y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// A small deterministic generator (xorshift) for masks and test data.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next_u32(&mut self) -> u32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 32) as u32
+        }
+        /// Uniform in [-1, 1).
+        fn unit(&mut self) -> f32 {
+            self.next_u32() as f32 / 2_147_483_648.0 - 1.0
+        }
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    /// Rows of length `len`: random logits of magnitude `scale`, about a quarter masked to `-inf`
+    /// (never a whole row); returns the tensor and the masked positions.
+    fn logits(rows: usize, len: usize, scale: f32, seed: u64) -> Result<(Tensor, Vec<bool>)> {
+        let mut rng = Rng(seed);
+        let mut data = Vec::with_capacity(rows * len);
+        let mut masked = Vec::with_capacity(rows * len);
+        for _ in 0..rows {
+            let keep = (rng.next_u32() as usize) % len;
+            for j in 0..len {
+                let m = j != keep && (rng.next_u32() & 3) == 0;
+                masked.push(m);
+                data.push(if m {
+                    f32::NEG_INFINITY
+                } else {
+                    rng.unit() * scale
+                });
+            }
+        }
+        Ok((Tensor::from_vec(data, (rows, len), &Device::Cpu)?, masked))
+    }
+
+    #[test]
+    fn exp_approx_accuracy() {
+        let mut worst = 0f64;
+        let steps = 2_000_000;
+        for i in 0..=steps {
+            let x = -87.0 * i as f32 / steps as f32;
+            let exact = (x as f64).exp();
+            let rel = ((exp_approx(x) as f64 - exact) / exact).abs();
+            worst = worst.max(rel);
+        }
+        // Around every multiple of ln2 / 2: the points where the rounding of `n` switches.
+        for k in -251..=0 {
+            for d in [-1e-3f32, -1e-6, 0.0, 1e-6, 1e-3] {
+                let x = k as f32 * std::f32::consts::LN_2 * 0.5 + d;
+                if (-87.0..=0.0).contains(&x) {
+                    let exact = (x as f64).exp();
+                    worst = worst.max(((exp_approx(x) as f64 - exact) / exact).abs());
+                }
+            }
+        }
+        eprintln!("exp_approx: max relative error on [-87, 0] = {worst:e}");
+        assert!(worst <= 2e-7, "max relative error {worst:e}");
+        assert_eq!(exp_approx(0.0), 1.0);
+        assert_eq!(exp_approx(-0.0), 1.0);
+        assert_eq!(exp_approx(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_approx(-87.5), 0.0);
+        assert_eq!(exp_approx(-100.0), 0.0);
+        assert_eq!(exp_approx(-1e30), 0.0);
+        assert_eq!(exp_approx(f32::MIN), 0.0);
+        assert!(exp_approx(f32::NAN).is_nan());
+        let lowest = exp_approx(-87.3);
+        assert!(lowest.is_normal() && lowest > 0.0, "{lowest:e}");
+        let one = exp_approx(1.0);
+        assert!((one - std::f32::consts::E).abs() <= 2.0 * f32::EPSILON * one);
+        assert!(exp_approx(88.0).is_finite());
+    }
+
+    #[test]
+    fn forward_matches_composed_softmax() -> Result<()> {
+        for (seed, &len) in [1usize, 7, 33, 1600].iter().enumerate() {
+            for (k, scale) in [1f32, 10.0, 1e4].into_iter().enumerate() {
+                let rows = if len == 1600 { 40 } else { 64 };
+                let (x, masked) = logits(rows, len, scale, 1 + seed as u64 * 7 + k as u64)?;
+                let ours = softmax_last_dim(&x)?;
+                let theirs = candle_nn::ops::softmax(&x, D::Minus1)?;
+                let diff = max_abs_diff(&ours, &theirs)?;
+                assert!(diff <= 1e-6, "len {len} scale {scale}: max diff {diff:e}");
+                let ys = ours.flatten_all()?.to_vec1::<f32>()?;
+                for (y, m) in ys.iter().zip(&masked) {
+                    if *m {
+                        assert_eq!(*y, 0.0, "masked entry must be exactly 0");
+                    } else {
+                        assert!(y.is_finite() && *y >= 0.0);
+                    }
+                }
+                let sums = ours.sum(D::Minus1)?.to_vec1::<f32>()?;
+                assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5), "{sums:?}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn forward_4d_and_multithreaded() -> Result<()> {
+        // Large enough to use several threads, and a row count not divisible by the thread count.
+        let x = Tensor::randn(0f32, 3f32, (1, 3, 97, 130), &Device::Cpu)?;
+        let ours = softmax_last_dim(&x)?;
+        assert_eq!(ours.dims(), x.dims());
+        let theirs = candle_nn::ops::softmax(&x, D::Minus1)?;
+        assert!(max_abs_diff(&ours, &theirs)? <= 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn non_contiguous_input() -> Result<()> {
+        let x = Tensor::randn(0f32, 2f32, (45, 33), &Device::Cpu)?.t()?; // (33, 45), strided
+        assert!(!x.is_contiguous());
+        let ours = softmax_last_dim(&x)?;
+        let theirs = candle_nn::ops::softmax(&x.contiguous()?, D::Minus1)?;
+        assert!(max_abs_diff(&ours, &theirs)? <= 1e-6);
+        // The kernel itself also accepts strided layouts.
+        let direct = x.apply_op1_no_bwd(&SoftmaxLastDim)?;
+        assert!(max_abs_diff(&direct, &theirs)? <= 1e-6);
+        Ok(())
+    }
+
+    /// Gradient of `sum(softmax(x) * w)` w.r.t. `x` with `f` as the softmax.
+    fn grad_of(x: &Tensor, w: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        let v = Var::from_tensor(x)?;
+        let y = f(v.as_tensor())?;
+        let grads = (y * w)?.sum_all()?.backward()?;
+        Ok(grads.get(v.as_tensor()).expect("gradient").clone())
+    }
+
+    #[test]
+    fn gradient_matches_composed_softmax() -> Result<()> {
+        for (seed, &len) in [1usize, 7, 33, 1600].iter().enumerate() {
+            let (x, masked) = logits(8, len, 4.0, 100 + seed as u64)?;
+            let w = Tensor::randn(0f32, 1f32, (8, len), &Device::Cpu)?;
+            let ours = grad_of(&x, &w, softmax_last_dim)?;
+            let theirs = grad_of(&x, &w, |x| candle_nn::ops::softmax(x, D::Minus1))?;
+            let diff = max_abs_diff(&ours, &theirs)?;
+            assert!(diff <= 1e-5, "len {len}: max grad diff {diff:e}");
+            let g = ours.flatten_all()?.to_vec1::<f32>()?;
+            assert!(g.iter().zip(&masked).all(|(g, m)| !m || *g == 0.0));
+        }
+        // Through a transposed (non-contiguous) input as well.
+        let x = Tensor::randn(0f32, 2f32, (20, 9), &Device::Cpu)?.t()?;
+        let w = Tensor::randn(0f32, 1f32, (9, 20), &Device::Cpu)?;
+        let ours = grad_of(&x, &w, softmax_last_dim)?;
+        let theirs = grad_of(&x, &w, |x| candle_nn::ops::softmax(x, D::Minus1))?;
+        assert!(max_abs_diff(&ours, &theirs)? <= 1e-5);
+        Ok(())
+    }
+
+    #[test]
+    fn other_dtypes_fall_back_with_gradient() -> Result<()> {
+        let x = Tensor::randn(0f64, 2f64, (5, 11), &Device::Cpu)?;
+        let ours = softmax_last_dim(&x)?;
+        let theirs = candle_nn::ops::softmax(&x, D::Minus1)?;
+        let diff = (&ours - &theirs)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f64>()?;
+        assert!(diff < 1e-12, "{diff:e}");
+        let w = Tensor::randn(0f64, 1f64, (5, 11), &Device::Cpu)?;
+        let ours = grad_of(&x, &w, softmax_last_dim)?;
+        let theirs = grad_of(&x, &w, |x| candle_nn::ops::softmax(x, D::Minus1))?;
+        let diff = (ours - theirs)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f64>()?;
+        assert!(diff < 1e-12, "{diff:e}");
+        Ok(())
+    }
+}

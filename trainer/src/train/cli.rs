@@ -1,0 +1,151 @@
+//! `mce-train train`: flags → [`TrainConfig`], then [`train`](super::train).
+
+use super::{train, TrainConfig};
+use crate::data::DatasetArgs;
+use crate::optim::SgdConfig;
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use mce_core::inference::{lite0_weights_path, load_backbone};
+use mce_core::{BackboneKind, MceConfig};
+use std::path::PathBuf;
+
+/// Flags of `train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub data: DatasetArgs,
+    /// Model preset: `edge` (Lite0, 320) or `paper` (ResNet-50, 473).
+    #[arg(long, default_value = "edge")]
+    pub preset: String,
+    /// Override the preset's input size.
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    /// Backbone weights (safetensors, original names). Default: the bundled Lite0 for `edge`.
+    #[arg(long)]
+    pub backbone_weights: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub fold: usize,
+    #[arg(long, default_value_t = 4)]
+    pub folds: usize,
+    /// Shots per episode, drawn per step from this list.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub shots: Vec<usize>,
+    /// Episodes per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 2000)]
+    pub steps: usize,
+    /// Base learning rate (paper: 0.0025 PASCAL, 0.005 COCO).
+    #[arg(long, default_value_t = 0.0025)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Longer-side scales of the cached image variants.
+    #[arg(long, value_delimiter = ',', default_value = "1.0")]
+    pub scales: Vec<f32>,
+    /// Do not add mirrored variants.
+    #[arg(long)]
+    pub no_flip: bool,
+    #[arg(long, default_value_t = 8)]
+    pub val_every_image: u64,
+    #[arg(long, default_value_t = 300)]
+    pub val_episodes: usize,
+    #[arg(long, default_value_t = 100)]
+    pub val_interval: usize,
+    #[arg(long, default_value_t = 50)]
+    pub checkpoint_interval: usize,
+    /// Stop with a checkpoint after this many minutes.
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
+    /// Pause with a checkpoint after this step (continue later with --resume).
+    #[arg(long)]
+    pub stop_at: Option<usize>,
+    /// Run directory (checkpoints, log.jsonl).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from `<out>/last.safetensors`.
+    #[arg(long)]
+    pub resume: bool,
+    /// `cpu` or `cuda:N` (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Parse `cpu` / `cuda:N`.
+pub fn parse_device(name: &str) -> Result<Device> {
+    match name.strip_prefix("cuda:") {
+        None if name == "cpu" => Ok(Device::Cpu),
+        Some(n) => {
+            let ordinal: usize = n.parse().with_context(|| format!("bad device {name:?}"))?;
+            Device::new_cuda(ordinal).with_context(|| {
+                format!("{name}: CUDA unavailable (build with --features cuda on a machine with a GPU)")
+            })
+        }
+        None => bail!("unknown device {name:?} (cpu or cuda:N)"),
+    }
+}
+
+impl TrainArgs {
+    fn config(&self) -> Result<TrainConfig> {
+        let mut model = MceConfig::preset(&self.preset)?;
+        if let Some(s) = self.image_size {
+            model.image_size = s;
+        }
+        model.validate()?;
+        if self.shots.is_empty() || self.shots.contains(&0) {
+            bail!("--shots needs values ≥ 1");
+        }
+        Ok(TrainConfig {
+            model,
+            fold: self.fold,
+            folds: self.folds,
+            shots: self.shots.clone(),
+            batch: self.batch.max(1),
+            steps: self.steps,
+            sgd: SgdConfig {
+                lr: self.lr,
+                momentum: self.momentum,
+                weight_decay: self.weight_decay,
+            },
+            poly_power: 0.9,
+            seed: self.seed,
+            scales: self.scales.clone(),
+            flips: !self.no_flip,
+            val_every_image: self.val_every_image,
+            val_episodes: self.val_episodes,
+            val_interval: self.val_interval.max(1),
+            checkpoint_interval: self.checkpoint_interval.max(1),
+            max_minutes: self.max_minutes,
+            stop_at: self.stop_at,
+        })
+    }
+}
+
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let cfg = args.config()?;
+    let device = parse_device(&args.device)?;
+    let weights = match (&args.backbone_weights, cfg.model.backbone) {
+        (Some(p), _) => p.clone(),
+        (None, BackboneKind::EfficientnetLite0) => lite0_weights_path(),
+        (None, BackboneKind::Resnet50) => {
+            bail!("the paper preset needs --backbone-weights resnet50.safetensors (see README)")
+        }
+    };
+    let backbone = load_backbone(&cfg.model, &weights, &device)?;
+    let ds = args.data.open()?;
+    let summary = train(ds.as_ref(), &cfg, &backbone, &weights, args.out.clone(), args.resume, &device)?;
+    println!(
+        "trained {} steps in {:.1} min; final loss {:.4}; best validation mIoU {}; last: {}{}",
+        summary.steps_done,
+        summary.seconds / 60.0,
+        summary.final_loss,
+        summary.best_val_miou.map_or("n/a".into(), |m| format!("{:.2} at step {}", 100.0 * m, summary.best_step.unwrap_or(0))),
+        summary.last.display(),
+        summary.best.map_or(String::new(), |b| format!("; best: {}", b.display())),
+    );
+    Ok(())
+}
