@@ -235,6 +235,7 @@ pub fn evaluate_model<M: EpisodeModel + ?Sized>(
     let scores = score_episodes(ds, &view, model, &lists, Grouping::ByQuery, &bar)?;
     bar.finish_and_clear();
     let wall = start.elapsed().as_secs_f64();
+    tracing::info!(method, episodes = total, seconds = wall, "evaluated");
     Ok(EvalReport::new(method, ds, opts, &scores, wall))
 }
 

@@ -134,6 +134,17 @@ impl Optimizer for Sgd {
     }
 }
 
+/// Poly schedule with an optional linear warm-up: `lr = base · (1 − step / total)^power` (power 0.9
+/// in PFENet/BAM/MCE), times `(step + 1) / warmup` during the first `warmup` steps.
+pub fn warmup_poly_lr(base: f64, step: usize, total: usize, power: f64, warmup: usize) -> f64 {
+    let ramp = if step < warmup {
+        (step + 1) as f64 / warmup as f64
+    } else {
+        1.0
+    };
+    ramp * poly_lr(base, step, total, power)
+}
+
 /// Poly schedule: `lr = base · (1 − step / total)^power` (power 0.9 in PFENet/BAM/MCE).
 pub fn poly_lr(base: f64, step: usize, total: usize, power: f64) -> f64 {
     if total == 0 {
@@ -206,5 +217,7 @@ mod tests {
         assert_eq!(poly_lr(0.01, 0, 100, 0.9), 0.01);
         assert!((poly_lr(0.01, 50, 100, 0.9) - 0.01 * 0.5f64.powf(0.9)).abs() < 1e-12);
         assert_eq!(poly_lr(0.01, 100, 100, 0.9), 0.0);
+        assert!((warmup_poly_lr(0.01, 0, 100, 0.9, 4) - 0.0025).abs() < 1e-12);
+        assert_eq!(warmup_poly_lr(0.01, 50, 100, 0.9, 4), poly_lr(0.01, 50, 100, 0.9));
     }
 }

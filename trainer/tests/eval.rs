@@ -10,14 +10,15 @@ use candle_nn::{VarBuilder, VarMap};
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use mce_core::inference::{lite0_weights_path, load_backbone};
 use mce_core::{Mce, MceConfig};
+use mce_train::baselines::calibrate::prototype_sweep;
 use mce_train::baselines::{
     run_baselines, AllForeground, BaselineOptions, CalibrationOptions, FeatureChoice,
-    NearestNeighbour,
+    NearestNeighbour, PrototypeCosine,
 };
 use mce_train::data::{Folders, Protocol};
 use mce_train::eval::{
-    build_store, evaluate, evaluate_model, predict_original, score_episodes, seed_episodes,
-    t_quantile, CanvasView, EvalOptions, Grouping, Interval, MceEval,
+    build_store, evaluate, evaluate_checkpoint, evaluate_model, predict_original, score_episodes,
+    seed_episodes, t_quantile, CanvasView, EvalOptions, Grouping, Interval, MceEval,
 };
 use mce_train::features::FeatureStore;
 use mce_train::{Episode, FewShotDataset, SampleRef};
@@ -188,7 +189,7 @@ fn nearest_neighbour_is_near_perfect_when_colour_separates_and_calibrates_on_tra
     let mut bo = BaselineOptions::new(o.clone(), 12);
     bo.calibration = CalibrationOptions {
         features: vec![FeatureChoice::Level2, FeatureChoice::Concat23],
-        thresholds: (0..=20).map(|i| -1.0 + i as f64 / 10.0).collect(),
+        thresholds: (-10..=10).map(|i| f64::from(i) / 10.0).collect(),
     };
     let mut lists = seed_episodes(&fx.ds, &o).unwrap();
     let val = bo.validation(&fx.ds).unwrap();
@@ -241,6 +242,11 @@ fn grouping_by_query_matches_per_episode_evaluation() {
     let report = evaluate(&fx.ds, &head, &store, &o).unwrap();
     assert_eq!(report.seeds[1].miou, grouped[1].accumulator.miou());
     assert_eq!(report.miou.as_ref().unwrap().n, 2);
+    let table = report.to_string();
+    assert!(
+        table.contains("Student t, 1 dof") && table.contains("seed 5"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -313,4 +319,101 @@ fn t_interval_on_known_numbers() {
     );
     assert!(one.note.unwrap().contains("zero width"));
     assert!(Interval::from_values(&[]).is_none());
+}
+
+#[test]
+fn threshold_sweep_agrees_with_the_episode_loop() {
+    let fx = fixture();
+    let mut bo = BaselineOptions::new(opts(4, vec![0]), 10);
+    bo.val_seed = 9;
+    let val = bo.validation(&fx.ds).unwrap();
+    let store = store_for(&fx.ds, std::slice::from_ref(&val), 64);
+    let view = CanvasView::new(&store).unwrap();
+    let thresholds = [0.1, 0.3, 0.6];
+    let feature = FeatureChoice::Concat23;
+    let sweep = prototype_sweep(&fx.ds, &view, &val, feature, &thresholds).unwrap();
+    let bar = indicatif::ProgressBar::hidden();
+    for (&threshold, swept) in thresholds.iter().zip(sweep) {
+        let model = PrototypeCosine { feature, threshold };
+        let lists = [val.clone()];
+        let scores = score_episodes(&fx.ds, &view, &model, &lists, Grouping::ByQuery, &bar);
+        let direct = scores.unwrap()[0].accumulator.miou().unwrap();
+        assert!(
+            (swept.unwrap() - direct).abs() < 1e-3,
+            "t {threshold}: {swept:?} vs {direct}"
+        );
+    }
+}
+
+#[test]
+fn label_of_another_size_is_an_error_naming_the_file() {
+    let fx = fixture();
+    let root = fx.ds.catalog().root().join("class0");
+    let bad = root.join("masks/img0.png");
+    GrayImage::from_pixel(10, 10, Luma([1])).save(&bad).unwrap();
+    let find = |p: PathBuf| {
+        let entries = fx.ds.catalog().entries();
+        entries.iter().position(|e| e.image == p).unwrap()
+    };
+    let r = |i: usize| SampleRef {
+        image: find(root.join(format!("images/img{i}.png"))),
+        class: 0,
+    };
+    let ep = Episode {
+        class: 0,
+        query: r(0),
+        supports: vec![r(1)],
+    };
+    let lists = vec![vec![ep]];
+    let store = store_for(&fx.ds, &lists, 64);
+    let view = CanvasView::new(&store).unwrap();
+    let bar = indicatif::ProgressBar::hidden();
+    let err = score_episodes(
+        &fx.ds,
+        &view,
+        &AllForeground,
+        &lists,
+        Grouping::ByQuery,
+        &bar,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains(&bad.display().to_string()), "{err}");
+    assert!(
+        err.contains("label is 10x10") && err.contains("96x64"),
+        "{err}"
+    );
+}
+
+#[test]
+fn checkpoint_evaluation_builds_exactly_the_needed_features() {
+    let fx = fixture();
+    let dev = Device::Cpu;
+    let cfg = config(64);
+    let varmap = VarMap::new();
+    Mce::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+    let backbone = candle_core::safetensors::load(lite0_weights_path(), &dev).unwrap();
+    let path = fx.ds.catalog().root().join("untrained.safetensors");
+    let extra = BTreeMap::new();
+    mce_core::checkpoint::save(&path, &cfg, &varmap, &backbone, &extra).unwrap();
+    let o = opts(6, vec![0]);
+    let report = evaluate_checkpoint(&fx.ds, &path, &o, &dev).unwrap();
+    assert_eq!(report.method, "mce");
+    assert_eq!(report.seeds[0].episodes, 6);
+    assert!(report
+        .notes
+        .iter()
+        .any(|n| n.contains("untrained.safetensors")));
+    let lists = seed_episodes(&fx.ds, &o).unwrap();
+    let refs = mce_train::eval::episode_refs(lists.iter().map(Vec::as_slice));
+    let images: std::collections::BTreeSet<usize> = refs.iter().map(|r| r.image).collect();
+    let built = format!("features of {} images", images.len());
+    assert!(
+        report.notes.iter().any(|n| n.contains(&built)),
+        "{:?}",
+        report.notes
+    );
+    let missing = fx.ds.catalog().root().join("missing.safetensors");
+    let err = evaluate_checkpoint(&fx.ds, &missing, &o, &dev).unwrap_err();
+    assert!(err.to_string().contains("missing.safetensors"), "{err}");
 }

@@ -56,6 +56,7 @@ fn config(steps: usize) -> TrainConfig {
             ..SgdConfig::default()
         },
         poly_power: 0.9,
+        warmup_steps: 1,
         seed: 3,
         scales: vec![1.0, 0.8],
         flips: true,

@@ -26,6 +26,11 @@ const STEM_CHANNELS: usize = 32;
 const HEAD_CHANNELS: usize = 1280;
 /// ImageNet-1k classes.
 const NUM_CLASSES: usize = 1000;
+/// Factor applied to the feature levels. Lite0's block outputs are linear bottlenecks with a mean
+/// |x| of about 5 (see the golden statistics), ResNet-50's post-ReLU outputs about 0.5–1; scaling
+/// puts both in the range the Kaiming-initialised head expects, so one set of learning rates works
+/// (unscaled, the first SGD step of a training run overshoots). Cosine similarities are unaffected.
+pub const FEATURE_SCALE: f64 = 0.2;
 /// Blocks whose outputs are the stride-8, 16 and 32 feature levels.
 pub const TAP_BLOCKS: [usize; 3] = [4, 10, 15];
 
@@ -335,10 +340,12 @@ impl Backbone for EfficientNetLite0 {
         BackboneKind::EfficientnetLite0
     }
 
-    /// Stride 8 (40 ch), 16 (112 ch) and 32 (320 ch) taps, detached; the head is not run.
+    /// Stride 8 (40 ch), 16 (112 ch) and 32 (320 ch) taps times [`FEATURE_SCALE`], detached; the
+    /// head is not run.
     fn features(&self, images: &Tensor) -> Result<Features> {
         let taps = self.block_outputs(images, &TAP_BLOCKS)?;
-        let [level2, level3, level4] = [&taps[0], &taps[1], &taps[2]].map(|t| t.detach());
+        let scale = |t: &Tensor| -> Result<Tensor> { Ok((t * FEATURE_SCALE)?.detach()) };
+        let [level2, level3, level4] = [scale(&taps[0])?, scale(&taps[1])?, scale(&taps[2])?];
         Ok(Features {
             level2,
             level3,

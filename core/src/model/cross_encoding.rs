@@ -18,7 +18,8 @@ use super::masks::LevelMask;
 use crate::config::{Attention, Branches, MceConfig};
 use crate::ops::{layer_norm, resize_bilinear, softmax};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{conv2d, linear, Conv2d, Linear, VarBuilder};
+use super::conv::{conv2d, Conv as Conv2d};
+use candle_nn::{linear, Linear, VarBuilder};
 
 /// `Linear(d, r·d) – GELU(erf) – Linear(r·d, d)`.
 #[derive(Debug, Clone)]

@@ -5,7 +5,8 @@
 
 use crate::config::MceConfig;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
+use super::conv::{conv2d, Conv as Conv2d};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 /// Atrous spatial pyramid pooling.
 #[derive(Debug, Clone)]

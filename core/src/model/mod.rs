@@ -15,6 +15,7 @@
 //! device encodes each exemplar once and each frame once, then runs only [`Mce::decode`] per class.
 
 pub mod cross_encoding;
+pub mod conv;
 pub mod decoder;
 pub mod init;
 pub mod loss;
@@ -25,7 +26,8 @@ use crate::backbone::Features;
 use crate::config::MceConfig;
 use crate::ops::{dropout2d, resize_bilinear};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{conv2d_no_bias, Conv2d, VarBuilder};
+use candle_nn::VarBuilder;
+use conv::{conv2d_no_bias, Conv as Conv2d};
 use cross_encoding::{CrossEncoding, QueryTokens, SupportTokens};
 use decoder::Decoder;
 use masks::LevelMask;

@@ -36,7 +36,7 @@ impl Default for CalibrationOptions {
     fn default() -> Self {
         CalibrationOptions {
             features: FeatureChoice::ALL.to_vec(),
-            thresholds: (0..=200).map(|i| -1.0 + i as f64 / 100.0).collect(),
+            thresholds: (-100..=100).map(|i| f64::from(i) / 100.0).collect(),
         }
     }
 }
@@ -205,6 +205,8 @@ pub fn calibrate(
                 (j_best, best) = (j, m);
             }
         }
+        tracing::info!(feature = feature.name(), threshold = opts.thresholds[j_best],
+            val_miou = ?best, "prototype validation");
         cal.candidates.push(Candidate {
             method: "prototype-cosine".into(),
             feature,
@@ -219,6 +221,7 @@ pub fn calibrate(
     }
     for &feature in &opts.features {
         let m = nearest_val_miou(ds, view, val, feature)?;
+        tracing::info!(feature = feature.name(), val_miou = ?m, "nearest-neighbour validation");
         cal.candidates.push(Candidate {
             method: "nearest-neighbour".into(),
             feature,

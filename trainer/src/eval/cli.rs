@@ -13,26 +13,13 @@ use candle_core::Device;
 use serde::Serialize;
 
 use super::{evaluate_checkpoint, EvalOptions};
-use crate::data::{open_dataset, DatasetKind, FewShotDataset, OpenOptions, Protocol};
+use crate::data::{DatasetArgs, FewShotDataset};
 
 /// Dataset, fold and episode arguments shared by `eval` and `baselines`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EpisodeArgs {
-    /// Dataset format.
-    #[arg(long, value_enum)]
-    pub dataset: DatasetKind,
-    /// Dataset root.
-    #[arg(long)]
-    pub root: PathBuf,
-    /// PASCAL: image list; FSS-1000: test-class list; COCO: instances json (images in --root).
-    #[arg(long)]
-    pub list: Option<PathBuf>,
-    /// COCO without --list: split to open (train or val).
-    #[arg(long)]
-    pub split: Option<String>,
-    /// Pixels a class needs to count in an image.
-    #[arg(long, default_value_t = Protocol::default().min_pixels)]
-    pub min_pixels: u64,
+    #[command(flatten)]
+    pub data: DatasetArgs,
     /// Fold to test.
     #[arg(long)]
     pub fold: usize,
@@ -54,17 +41,9 @@ pub struct EpisodeArgs {
 }
 
 impl EpisodeArgs {
-    /// Open the dataset with these arguments' protocol.
+    /// Open the dataset these arguments name.
     pub fn open(&self) -> anyhow::Result<Box<dyn FewShotDataset>> {
-        let options = OpenOptions {
-            list: self.list.clone(),
-            split: self.split.clone(),
-            protocol: Protocol {
-                min_pixels: self.min_pixels,
-                ..Protocol::default()
-            },
-        };
-        Ok(open_dataset(self.dataset, &self.root, &options)?)
+        Ok(self.data.open()?)
     }
 
     /// The evaluation options (fold count defaults to the dataset's).

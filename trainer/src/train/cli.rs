@@ -42,6 +42,9 @@ pub struct TrainArgs {
     pub momentum: f64,
     #[arg(long, default_value_t = 1e-4)]
     pub weight_decay: f64,
+    /// Linear learning-rate warm-up steps (0 = the paper's plain poly schedule).
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Longer-side scales of the cached image variants.
@@ -112,6 +115,7 @@ impl TrainArgs {
                 weight_decay: self.weight_decay,
             },
             poly_power: 0.9,
+            warmup_steps: self.warmup_steps,
             seed: self.seed,
             scales: self.scales.clone(),
             flips: !self.no_flip,

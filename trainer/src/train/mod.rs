@@ -15,7 +15,7 @@ pub mod validate;
 
 use crate::data::{FewShotDataset, SampleRef};
 use crate::features::{progress, FeatureStore};
-use crate::optim::{poly_lr, Sgd, SgdConfig};
+use crate::optim::{warmup_poly_lr, Sgd, SgdConfig};
 use crate::transform::Variant;
 use crate::{Error, Result};
 use candle_core::{DType, Device};
@@ -44,6 +44,9 @@ pub struct TrainConfig {
     pub steps: usize,
     pub sgd: SgdConfig,
     pub poly_power: f64,
+    /// Linear learning-rate warm-up steps (0: the paper's plain poly schedule).
+    #[serde(default)]
+    pub warmup_steps: usize,
     pub seed: u64,
     /// Longer-side scales of the cached variants; each also mirrored when `flips`.
     pub scales: Vec<f32>,
@@ -149,7 +152,7 @@ pub fn train(
         let b = batch::assemble(&store, &episodes, batch::random_variants(&store, &mut rng), device)?;
         let logits = head.forward(&b.query, &b.shots, Mode::Train { seed: step_seed ^ 2 })?;
         let loss = cross_entropy_ignore(&logits, &b.labels)?;
-        let lr = poly_lr(cfg.sgd.lr, step, cfg.steps, cfg.poly_power);
+        let lr = warmup_poly_lr(cfg.sgd.lr, step, cfg.steps, cfg.poly_power, cfg.warmup_steps);
         opt.set_learning_rate(lr);
         opt.step(&loss.backward()?)?;
         step += 1;
