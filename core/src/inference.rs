@@ -202,7 +202,9 @@ impl Segmenter {
     /// Segment one frame against each class: backbone and query encoding once, the head per class.
     pub fn segment(&self, frame: &RgbImage, classes: &[&ClassEncoding]) -> Result<Vec<ClassMap>> {
         let prepared = self.prepare(frame)?;
-        let query = self.head.encode_query(&self.features(&prepared)?, Mode::Eval)?;
+        let query = self
+            .head
+            .encode_query(&self.features(&prepared)?, Mode::Eval)?;
         classes
             .iter()
             .map(|class| {

@@ -66,8 +66,7 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
     let mask = result.mask();
     for path in std::iter::once(&args.out).chain(&args.overlay) {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
     }
     overlay::mask_image(result.width, result.height, &mask)

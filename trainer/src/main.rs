@@ -1,4 +1,4 @@
-//! `mce-train`: command line of the trainer. Subcommands so far: `check-data`.
+//! `mce-train`: command line of the trainer: `check-data`, `train`, `eval`, `baselines`.
 //!
 //! Exit status: 0 = done and no problem found, 1 = the check found problems, 2 = error.
 
@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use mce_train::data::{check_data, CheckOptions, DatasetArgs};
 
 /// Attention maps and feature caches are large and short-lived; glibc returns every allocation over
 /// 32 MB to the OS and pays page faults on the next one. mimalloc keeps them.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use clap::{Args, Parser, Subcommand};
-use mce_train::data::{check_data, open_dataset, CheckOptions, DatasetKind, OpenOptions, Protocol};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,12 +41,8 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct CheckDataArgs {
-    /// Dataset format.
-    #[arg(long, value_enum)]
-    dataset: DatasetKind,
-    /// Dataset root.
-    #[arg(long)]
-    root: PathBuf,
+    #[command(flatten)]
+    data: DatasetArgs,
     /// Check only this fold (default: all).
     #[arg(long)]
     fold: Option<usize>,
@@ -59,30 +55,13 @@ struct CheckDataArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// PASCAL: image list; FSS-1000: test-class list; COCO: instances json (images in --root).
-    #[arg(long)]
-    list: Option<PathBuf>,
-    /// COCO without --list: split to open (train or val).
-    #[arg(long)]
-    split: Option<String>,
-    /// Pixels a class needs to count in an image.
-    #[arg(long, default_value_t = Protocol::default().min_pixels)]
-    min_pixels: u64,
     /// Read only image headers instead of decoding every image.
     #[arg(long)]
     headers_only: bool,
 }
 
 fn check_data_cmd(a: &CheckDataArgs) -> anyhow::Result<ExitCode> {
-    let options = OpenOptions {
-        list: a.list.clone(),
-        split: a.split.clone(),
-        protocol: Protocol {
-            min_pixels: a.min_pixels,
-            ..Protocol::default()
-        },
-    };
-    let dataset = open_dataset(a.dataset, &a.root, &options)?;
+    let dataset = a.data.open()?;
     let report = check_data(
         dataset.as_ref(),
         &CheckOptions {

@@ -218,6 +218,9 @@ mod tests {
         assert!((poly_lr(0.01, 50, 100, 0.9) - 0.01 * 0.5f64.powf(0.9)).abs() < 1e-12);
         assert_eq!(poly_lr(0.01, 100, 100, 0.9), 0.0);
         assert!((warmup_poly_lr(0.01, 0, 100, 0.9, 4) - 0.0025).abs() < 1e-12);
-        assert_eq!(warmup_poly_lr(0.01, 50, 100, 0.9, 4), poly_lr(0.01, 50, 100, 0.9));
+        assert_eq!(
+            warmup_poly_lr(0.01, 50, 100, 0.9, 4),
+            poly_lr(0.01, 50, 100, 0.9)
+        );
     }
 }

@@ -14,11 +14,11 @@
 //! that depends on the query alone (including the query branch's attention weights) in
 //! [`QueryTokens`], so several classes can share one query encoding.
 
+use super::conv::{conv2d, Conv as Conv2d};
 use super::masks::LevelMask;
 use crate::config::{Attention, Branches, MceConfig};
 use crate::ops::{layer_norm, resize_bilinear, softmax};
 use candle_core::{Module, Result, Tensor};
-use super::conv::{conv2d, Conv as Conv2d};
 use candle_nn::{linear, Linear, VarBuilder};
 
 /// `Linear(d, r·d) – GELU(erf) – Linear(r·d, d)`.

@@ -3,9 +3,9 @@
 //! ASPP as in BAM: five branches of `decoder_dim` channels with ReLU (image pooling + 1×1, 1×1, and three
 //! dilated 3×3), concatenated and merged by a 1×1 conv (+ ReLU).
 
+use super::conv::{conv2d, Conv as Conv2d};
 use crate::config::MceConfig;
 use candle_core::{Module, Result, Tensor};
-use super::conv::{conv2d, Conv as Conv2d};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
 /// Atrous spatial pyramid pooling.

@@ -14,8 +14,8 @@
 //! Support-only work lives in [`SupportEncoding`] and query-only work in [`QueryEncoding`], so the
 //! device encodes each exemplar once and each frame once, then runs only [`Mce::decode`] per class.
 
-pub mod cross_encoding;
 pub mod conv;
+pub mod cross_encoding;
 pub mod decoder;
 pub mod init;
 pub mod loss;
@@ -38,7 +38,9 @@ use prototype::{masked_average_pool, SupportSimilarity};
 pub enum Mode {
     Eval,
     /// Training: dropout masks are a pure function of the seed, so runs and resumes reproduce.
-    Train { seed: u64 },
+    Train {
+        seed: u64,
+    },
 }
 
 impl Mode {

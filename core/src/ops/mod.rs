@@ -145,7 +145,10 @@ mod tests {
             assert!(ch.iter().all(|&v| v == ch[0]) && (ch[0] == 0.0 || ch[0] == 2.0));
             dropped += usize::from(ch[0] == 0.0);
         }
-        assert!((40..=88).contains(&dropped), "{dropped} of 128 channels dropped");
+        assert!(
+            (40..=88).contains(&dropped),
+            "{dropped} of 128 channels dropped"
+        );
         Ok(())
     }
 

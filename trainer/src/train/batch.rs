@@ -39,7 +39,10 @@ pub fn sample_episodes(
 }
 
 /// Draw variants uniformly from `rng`.
-pub fn random_variants<'a>(store: &FeatureStore, rng: &'a mut impl RngCore) -> impl FnMut() -> usize + 'a {
+pub fn random_variants<'a>(
+    store: &FeatureStore,
+    rng: &'a mut impl RngCore,
+) -> impl FnMut() -> usize + 'a {
     let n = store.variants().len() as u64;
     move || (rng.next_u64() % n) as usize
 }
@@ -64,7 +67,12 @@ pub fn assemble(
         for (k, r) in e.supports.iter().enumerate() {
             let v = pick();
             support[k].push(store.features(r.image, v)?);
-            masks[k].extend(store.label(*r, v)?.iter().map(|&l| f32::from(u8::from(l == 1))));
+            masks[k].extend(
+                store
+                    .label(*r, v)?
+                    .iter()
+                    .map(|&l| f32::from(u8::from(l == 1))),
+            );
         }
     }
     let b = episodes.len();

@@ -85,7 +85,9 @@ pub fn parse_device(name: &str) -> Result<Device> {
         Some(n) => {
             let ordinal: usize = n.parse().with_context(|| format!("bad device {name:?}"))?;
             Device::new_cuda(ordinal).with_context(|| {
-                format!("{name}: CUDA unavailable (build with --features cuda on a machine with a GPU)")
+                format!(
+                    "{name}: CUDA unavailable (build with --features cuda on a machine with a GPU)"
+                )
             })
         }
         None => bail!("unknown device {name:?} (cpu or cuda:N)"),
@@ -141,15 +143,29 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     };
     let backbone = load_backbone(&cfg.model, &weights, &device)?;
     let ds = args.data.open()?;
-    let summary = train(ds.as_ref(), &cfg, &backbone, &weights, args.out.clone(), args.resume, &device)?;
+    let summary = train(
+        ds.as_ref(),
+        &cfg,
+        &backbone,
+        &weights,
+        args.out.clone(),
+        args.resume,
+        &device,
+    )?;
     println!(
         "trained {} steps in {:.1} min; final loss {:.4}; best validation mIoU {}; last: {}{}",
         summary.steps_done,
         summary.seconds / 60.0,
         summary.final_loss,
-        summary.best_val_miou.map_or("n/a".into(), |m| format!("{:.2} at step {}", 100.0 * m, summary.best_step.unwrap_or(0))),
+        summary.best_val_miou.map_or("n/a".into(), |m| format!(
+            "{:.2} at step {}",
+            100.0 * m,
+            summary.best_step.unwrap_or(0)
+        )),
         summary.last.display(),
-        summary.best.map_or(String::new(), |b| format!("; best: {}", b.display())),
+        summary
+            .best
+            .map_or(String::new(), |b| format!("; best: {}", b.display())),
     );
     Ok(())
 }

@@ -95,8 +95,12 @@ pub fn train(
 ) -> Result<TrainSummary> {
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let files = RunFiles { dir: out };
-    let split = validate::split(&ds.train_pool(cfg.fold, cfg.folds)?, cfg.val_every_image, cfg.seed);
-    let val_episodes = validate::episodes(&split, 1, cfg.val_episodes, cfg.seed ^ 0x7661_6c);
+    let split = validate::split(
+        &ds.train_pool(cfg.fold, cfg.folds)?,
+        cfg.val_every_image,
+        cfg.seed,
+    );
+    let val_episodes = validate::episodes(&split, 1, cfg.val_episodes, cfg.seed ^ 0x0076_616c);
     let refs: Vec<SampleRef> = [&split.train, &split.val]
         .iter()
         .flat_map(|p| p.classes.iter())
@@ -121,21 +125,26 @@ pub fn train(
     if resume && files.last().exists() {
         let file = checkpoint::read(&files.last(), device)?;
         checkpoint::load_head_into(&file, &varmap)?;
-        start = file.extra.get("step").and_then(|s| s.parse().ok()).unwrap_or(0);
+        start = file
+            .extra
+            .get("step")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         opt.load_state(state::load_optimizer(&files, start, device)?)?;
         tracing::info!("resumed from {} at step {start}", files.last().display());
     }
-    let mut log = Log(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(files.log())
-            .map_err(|e| Error::io(files.log(), e))?,
-    );
+    let mut log = Log(std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(files.log())
+        .map_err(|e| Error::io(files.log(), e))?);
     let extra = |step: usize| {
         BTreeMap::from([
             ("step".to_string(), step.to_string()),
-            ("train_config".to_string(), serde_json::to_string(cfg).expect("serialises")),
+            (
+                "train_config".to_string(),
+                serde_json::to_string(cfg).expect("serialises"),
+            ),
         ])
     };
 
@@ -149,19 +158,42 @@ pub fn train(
         let k = cfg.shots[(step_seed % cfg.shots.len() as u64) as usize];
         let episodes = batch::sample_episodes(&split.train, k, cfg.batch, step_seed)?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(step_seed ^ 1);
-        let b = batch::assemble(&store, &episodes, batch::random_variants(&store, &mut rng), device)?;
-        let logits = head.forward(&b.query, &b.shots, Mode::Train { seed: step_seed ^ 2 })?;
+        let b = batch::assemble(
+            &store,
+            &episodes,
+            batch::random_variants(&store, &mut rng),
+            device,
+        )?;
+        let logits = head.forward(
+            &b.query,
+            &b.shots,
+            Mode::Train {
+                seed: step_seed ^ 2,
+            },
+        )?;
         let loss = cross_entropy_ignore(&logits, &b.labels)?;
-        let lr = warmup_poly_lr(cfg.sgd.lr, step, cfg.steps, cfg.poly_power, cfg.warmup_steps);
+        let lr = warmup_poly_lr(
+            cfg.sgd.lr,
+            step,
+            cfg.steps,
+            cfg.poly_power,
+            cfg.warmup_steps,
+        );
         opt.set_learning_rate(lr);
         opt.step(&loss.backward()?)?;
         step += 1;
 
         let l = f64::from(loss.to_scalar::<f32>()?);
-        loss_avg = if loss_avg.is_nan() { l } else { 0.95 * loss_avg + 0.05 * l };
+        loss_avg = if loss_avg.is_nan() {
+            l
+        } else {
+            0.95 * loss_avg + 0.05 * l
+        };
         let secs = t0.elapsed().as_secs_f64();
         let eps = ((step - start) * cfg.batch) as f64 / secs;
-        bar.set_prefix(format!("loss {loss_avg:.3} lr {lr:.2e} {eps:.2} ep/s K={k}"));
+        bar.set_prefix(format!(
+            "loss {loss_avg:.3} lr {lr:.2e} {eps:.2} ep/s K={k}"
+        ));
         bar.set_position(step as u64);
         log.write(serde_json::json!({"step": step, "loss": l, "lr": lr, "shots": k, "episodes_per_s": eps, "elapsed_s": secs}))?;
 
@@ -171,19 +203,41 @@ pub fn train(
         if step % cfg.val_interval == 0 || last_step {
             let frozen = Mce::frozen(&cfg.model, &varmap)?;
             let v = validate::score(&frozen, &store, &val_episodes, device)?;
-            log.write(serde_json::json!({"step": step, "val_miou": v.miou, "val_fb_iou": v.fb_iou}))?;
-            bar.println(format!("step {step}: validation mIoU {:.2} FB-IoU {:.2} ({} episodes)", 100.0 * v.miou, 100.0 * v.fb_iou, v.episodes));
+            log.write(
+                serde_json::json!({"step": step, "val_miou": v.miou, "val_fb_iou": v.fb_iou}),
+            )?;
+            bar.println(format!(
+                "step {step}: validation mIoU {:.2} FB-IoU {:.2} ({} episodes)",
+                100.0 * v.miou,
+                100.0 * v.fb_iou,
+                v.episodes
+            ));
             if best.is_none_or(|b| v.miou > b) {
                 best = Some(v.miou);
                 best_step = Some(step);
-                checkpoint::save(&files.best(), &cfg.model, &varmap, &backbone_tensors, &extra(step))?;
+                checkpoint::save(
+                    &files.best(),
+                    &cfg.model,
+                    &varmap,
+                    &backbone_tensors,
+                    &extra(step),
+                )?;
             }
         }
         if step % cfg.checkpoint_interval == 0 || last_step {
-            state::save_last(&files, &cfg.model, &varmap, &backbone_tensors, &opt, &extra(step))?;
+            state::save_last(
+                &files,
+                &cfg.model,
+                &varmap,
+                &backbone_tensors,
+                &opt,
+                &extra(step),
+            )?;
         }
         if out_of_time {
-            bar.println(format!("pausing at step {step} (--max-minutes / --stop-at); continue with --resume"));
+            bar.println(format!(
+                "pausing at step {step} (--max-minutes / --stop-at); continue with --resume"
+            ));
             break;
         }
     }

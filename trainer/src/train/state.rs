@@ -32,11 +32,13 @@ impl RunFiles {
 
 /// The backbone tensors a checkpoint carries: everything but an ImageNet classifier head.
 pub fn backbone_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let all = candle_core::safetensors::load(path, device).map_err(|e| {
-        Error::format(path, format!("cannot read backbone weights: {e}"))
-    })?;
+    let all = candle_core::safetensors::load(path, device)
+        .map_err(|e| Error::format(path, format!("cannot read backbone weights: {e}")))?;
     let classifier = |k: &str| {
-        k.starts_with("_fc.") || k.starts_with("_conv_head.") || k.starts_with("_bn1.") || k.starts_with("fc.")
+        k.starts_with("_fc.")
+            || k.starts_with("_conv_head.")
+            || k.starts_with("_bn1.")
+            || k.starts_with("fc.")
     };
     Ok(all.into_iter().filter(|(k, _)| !classifier(k)).collect())
 }
@@ -61,7 +63,11 @@ pub fn save_last(
 }
 
 /// Load the optimizer buffers saved with the checkpoint of `step`.
-pub fn load_optimizer(files: &RunFiles, step: usize, device: &Device) -> Result<BTreeMap<String, Tensor>> {
+pub fn load_optimizer(
+    files: &RunFiles,
+    step: usize,
+    device: &Device,
+) -> Result<BTreeMap<String, Tensor>> {
     let path = files.optimizer();
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)

@@ -25,12 +25,20 @@ pub struct Split {
 
 /// Hold out about `1/every` of the pool's images (by a hash of the image index) for validation.
 pub fn split(pool: &ClassPool, every: u64, seed: u64) -> Split {
-    let is_val = |image: usize| every > 1 && splitmix64(seed ^ image as u64) % every == 0;
+    let is_val = |image: usize| every > 1 && splitmix64(seed ^ image as u64).is_multiple_of(every);
     let part = |want: bool| ClassPool {
         classes: pool
             .classes
             .iter()
-            .map(|(c, imgs)| (*c, imgs.iter().copied().filter(|&i| is_val(i) == want).collect()))
+            .map(|(c, imgs)| {
+                (
+                    *c,
+                    imgs.iter()
+                        .copied()
+                        .filter(|&i| is_val(i) == want)
+                        .collect(),
+                )
+            })
             .collect(),
     };
     Split {
@@ -113,4 +121,3 @@ pub fn score(
         class_iou: acc.class_iou(),
     })
 }
-
