@@ -91,6 +91,7 @@ fn trained_checkpoint_segments_through_the_device_cli() {
     let mask = |i: u32| data.join(format!("c0/masks/{i}.png"));
     let out = dir.join("pred.png");
     let support = format!("{}:{}", img(0).display(), mask(0).display());
+    let query = img(2);
     let args = [
         "mce-device",
         "segment",
@@ -99,7 +100,7 @@ fn trained_checkpoint_segments_through_the_device_cli() {
         "--support",
         &support,
         "--query",
-        img(2).to_str().unwrap(),
+        query.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
     ];
