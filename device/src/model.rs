@@ -3,14 +3,19 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use mce_core::inference::{lite0_weights_path, Segmenter};
+use mce_core::inference::{lite0_weights_path, models_dir, Segmenter};
 use mce_core::MceConfig;
 use std::path::PathBuf;
+
+/// The bundled trained edge model (MSRC-v2, fold 0), used when no model is named.
+pub fn default_model_path() -> PathBuf {
+    models_dir().join("mce_edge_msrc_fold0.safetensors")
+}
 
 /// Where the model comes from.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
-    /// A trained MCE checkpoint (safetensors).
+    /// A trained MCE checkpoint (safetensors). Default: the bundled edge model, if present.
     #[arg(long, conflicts_with = "init")]
     pub model: Option<PathBuf>,
     /// No checkpoint: pretrained backbone + UNTRAINED head. Only `lite0` is bundled.
@@ -30,7 +35,17 @@ impl ModelArgs {
                 warn_untrained();
                 Ok(s)
             }
-            (None, None) => bail!("give a trained checkpoint with --model, or --init lite0"),
+            (None, None) => {
+                let path = default_model_path();
+                if !path.exists() {
+                    bail!(
+                        "no trained model bundled at {}: give a checkpoint with --model, or --init lite0",
+                        path.display()
+                    );
+                }
+                Segmenter::from_checkpoint(&path, device)
+                    .with_context(|| format!("loading bundled model {}", path.display()))
+            }
         }
     }
 }

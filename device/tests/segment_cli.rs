@@ -22,11 +22,29 @@ fn tmp_dir(tag: &str) -> PathBuf {
 }
 
 fn segment(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mce-device"))
-        .arg("segment")
+    segment_with_models(args, None)
+}
+
+/// Run `segment`, optionally with another models folder (`MCE_MODELS_DIR`).
+fn segment_with_models(args: &[&str], models: Option<&Path>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mce-device"));
+    if let Some(dir) = models {
+        cmd.env("MCE_MODELS_DIR", dir);
+    }
+    cmd.arg("segment")
         .args(args)
         .output()
         .expect("run mce-device")
+}
+
+/// A models folder with the Lite0 backbone but no trained model.
+fn models_without_default(tag: &str) -> PathBuf {
+    let dir = tmp_dir(tag);
+    let link = dir.join("efficientnet_lite0.safetensors");
+    if !link.exists() {
+        std::os::unix::fs::symlink(lite0_weights_path(), &link).unwrap();
+    }
+    dir
 }
 
 fn pair(stem: &str) -> String {
@@ -236,8 +254,9 @@ fn bad_inputs_fail_with_the_file_named() {
             "IMAGE:MASK",
         ),
     ];
+    let no_default = models_without_default("nomodel");
     for (args, expect) in cases {
-        let o = segment(&args);
+        let o = segment_with_models(&args, Some(&no_default));
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "{args:?} succeeded");
         assert!(
