@@ -82,6 +82,11 @@ pub struct MceConfig {
     /// Ablation switches: feed the similarity map / the cross-encoding to the decoder.
     pub use_similarity: bool,
     pub use_cross: bool,
+    /// Not in the paper: feed the decoder the training-free nearest-neighbour matching prior, one
+    /// channel per backbone level, matched over all K shots jointly ([`crate::model::matching`]).
+    /// Absent from older checkpoints, which read as `false`.
+    #[serde(default)]
+    pub matching_prior: bool,
 }
 
 impl MceConfig {
@@ -104,6 +109,7 @@ impl MceConfig {
             shot_fusion: ShotFusion::Average,
             use_similarity: true,
             use_cross: true,
+            matching_prior: false,
         }
     }
 
@@ -173,6 +179,7 @@ impl MceConfig {
         2 * self.reduce_dim
             + if self.use_cross { self.reduce_dim } else { 0 }
             + usize::from(self.use_similarity)
+            + if self.matching_prior { 3 } else { 0 }
     }
 }
 

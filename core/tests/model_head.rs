@@ -201,6 +201,38 @@ fn k_shot_decoder_input_is_the_average_of_single_shots() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn matching_prior_adds_three_channels_matched_over_all_shots() -> Result<()> {
+    let cfg = MceConfig {
+        matching_prior: true,
+        ..small(Branches::Both)
+    };
+    let plain = cfg.decoder_in() - 3;
+    let (_, m) = head(&cfg)?;
+    let q = m.encode_query(&features(&cfg, 2, 1.0)?, Mode::Eval)?;
+    let shots = (0..2)
+        .map(|k| {
+            let mask = block_mask(2, cfg.image_size, 8 + 8 * k, 40)?;
+            m.encode_support(&features(&cfg, 2, 5.0 + k as f32)?, &mask, Mode::Eval)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let joint = m.decoder_input(&q, &shots)?;
+    assert_eq!(joint.dim(1)?, cfg.decoder_in());
+    let prior = |x: &Tensor| x.narrow(1, plain, 3);
+    let singles = shots
+        .iter()
+        .map(|s| m.decoder_input(&q, std::slice::from_ref(s)))
+        .collect::<Result<Vec<_>>>()?;
+    // The paper's terms are still averaged; the prior is not the average of per-shot priors
+    // (a max over the union of positions), and never below either shot's foreground evidence.
+    let mean = ((&singles[0] + &singles[1])? / 2.0)?;
+    assert!(max_abs_diff(&joint.narrow(1, 0, plain)?, &mean.narrow(1, 0, plain)?)? < 1e-5);
+    assert!(max_abs_diff(&prior(&joint)?, &prior(&mean)?)? > 1e-3);
+    let p = prior(&joint)?.flatten_all()?.to_vec1::<f32>()?;
+    assert!(p.iter().all(|v| v.is_finite() && (-2.0..=2.0).contains(v)));
+    Ok(())
+}
+
 fn check_shapes(cfg: &MceConfig, shots: &[usize]) -> Result<()> {
     let vm = VarMap::new();
     Mce::new(cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))?;
@@ -226,7 +258,12 @@ fn check_shapes(cfg: &MceConfig, shots: &[usize]) -> Result<()> {
 
 #[test]
 fn shapes_edge_preset_k_1_2_5() -> Result<()> {
-    check_shapes(&MceConfig::edge_lite0(), &[1, 2, 5])
+    check_shapes(&MceConfig::edge_lite0(), &[1, 2, 5])?;
+    let with_prior = MceConfig {
+        matching_prior: true,
+        ..MceConfig::edge_lite0()
+    };
+    check_shapes(&with_prior, &[1, 5])
 }
 
 #[test]

@@ -20,6 +20,7 @@ pub mod decoder;
 pub mod init;
 pub mod loss;
 pub mod masks;
+pub mod matching;
 pub mod prototype;
 
 use crate::backbone::Features;
@@ -31,6 +32,7 @@ use conv::{conv2d_no_bias, Conv as Conv2d};
 use cross_encoding::{CrossEncoding, QueryTokens, SupportTokens};
 use decoder::Decoder;
 use masks::LevelMask;
+use matching::SupportMatching;
 use prototype::{masked_average_pool, SupportSimilarity};
 
 /// Whether a pass trains (Dropout2d on, drawn from `seed`) or evaluates.
@@ -62,6 +64,8 @@ pub struct SupportEncoding {
     pub prototype: Tensor,
     similarity: SupportSimilarity,
     tokens: Vec<SupportTokens>,
+    /// Levels 2, 3, 4 for the matching prior (empty when the config leaves it out).
+    matching: Vec<SupportMatching>,
 }
 
 /// Everything the head needs from one query image, shared by all classes segmented in it.
@@ -71,6 +75,8 @@ pub struct QueryEncoding {
     pub mid: Tensor,
     level4: Tensor,
     tokens: Vec<QueryTokens>,
+    /// Backbone levels 2, 3, 4 for the matching prior (empty when the config leaves it out).
+    levels: Vec<Tensor>,
 }
 
 /// The trainable MCE head on top of a frozen backbone.
@@ -170,10 +176,18 @@ impl Mce {
                 .collect::<Result<Vec<_>>>()?,
             None => vec![],
         };
+        let matching = match self.config.matching_prior {
+            true => levels
+                .iter()
+                .map(|f| SupportMatching::new(f, mask))
+                .collect::<Result<Vec<_>>>()?,
+            false => vec![],
+        };
         Ok(SupportEncoding {
             prototype,
             similarity,
             tokens,
+            matching,
         })
     }
 
@@ -191,6 +205,10 @@ impl Mce {
             mid: self.mid_level(&self.down_query, feats, mode)?,
             level4: feats.level4.clone(),
             tokens,
+            levels: match self.config.matching_prior {
+                true => levels.iter().map(|t| t.detach()).collect(),
+                false => vec![],
+            },
         })
     }
 
@@ -219,7 +237,8 @@ impl Mce {
     }
 
     /// The decoder input `X = cat(f_Q, V_s, f_cross, A_sim)`, each support term averaged over the
-    /// K shots: `(B, decoder_in, g, g)`.
+    /// K shots, then (optionally) the matching prior of levels 2, 3, 4 over all shots jointly:
+    /// `(B, decoder_in, g, g)`.
     pub fn decoder_input(
         &self,
         query: &QueryEncoding,
@@ -242,6 +261,10 @@ impl Mce {
         let mut x = vec![query.mid.clone()];
         for t in sums {
             x.push((t / k)?);
+        }
+        for (l, q) in query.levels.iter().enumerate() {
+            let level: Vec<_> = shots.iter().map(|s| &s.matching[l]).collect();
+            x.push(matching::level_prior(q, &level, g)?);
         }
         Tensor::cat(&x, 1)
     }

@@ -20,6 +20,10 @@ pub struct TrainArgs {
     /// Override the preset's input size.
     #[arg(long)]
     pub image_size: Option<usize>,
+    /// Also feed the decoder the nearest-neighbour matching prior (not in the paper; see
+    /// `mce_core::model::matching`).
+    #[arg(long)]
+    pub matching_prior: bool,
     /// Backbone weights (safetensors, original names). Default: the bundled Lite0 for `edge`.
     #[arg(long)]
     pub backbone_weights: Option<PathBuf>,
@@ -97,6 +101,7 @@ pub fn parse_device(name: &str) -> Result<Device> {
 impl TrainArgs {
     fn config(&self) -> Result<TrainConfig> {
         let mut model = MceConfig::preset(&self.preset)?;
+        model.matching_prior |= self.matching_prior;
         if let Some(s) = self.image_size {
             model.image_size = s;
         }
