@@ -1,5 +1,13 @@
 //! # mce-calib
 //!
-//! Post-training calibration and int8 quantization of trained MCE models for the device, with a report
-//! of accuracy lost and speed won. Not implemented yet: this crate is an empty skeleton reserved by
-//! the workspace layout (see the calibration issue). It deliberately exports nothing.
+//! Post-training int8 calibration and quantization of trained MCE models for the device, and a report
+//! of the accuracy lost and the speed won. The primitives (fake quantization, scales, histograms,
+//! the artifact format) live in `mce_core::quant`; this crate holds the policy:
+//!
+//! * [`calibrate`]: statistics on training-class episodes → calibration table → int8 artifact.
+//! * [`report`]: float vs simulated int8 per method vs the device artifact vs QAT on held-out episodes.
+//! * [`cli`]: the `mce-calib` subcommands `calibrate`, `quantize` and `report`.
+
+pub mod calibrate;
+pub mod cli;
+pub mod report;

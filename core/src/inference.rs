@@ -103,6 +103,8 @@ pub struct Segmenter {
     resize: Resize,
     /// False when the head has random weights (`--init`): callers must say so loudly.
     pub trained: bool,
+    /// [`Segmenter::backbone_identity`], computed on first use.
+    identity: std::sync::OnceLock<String>,
 }
 
 impl Segmenter {
@@ -137,7 +139,51 @@ impl Segmenter {
             device: device.clone(),
             resize,
             trained,
+            identity: std::sync::OnceLock::new(),
         }
+    }
+
+    /// A short hex id (16 digits) of everything that decides an exemplar's backbone features: the
+    /// backbone kind, the input size, the resize policy and the backbone's weights. The weights are
+    /// fingerprinted by the per-channel means of all three feature levels of a fixed synthetic probe
+    /// (a 64×64 colour gradient), each rounded to 4 significant digits, so the id is stable run to run.
+    /// Computed once (one backbone pass), then cached. Feature caches (the device's exemplar registry)
+    /// are keyed by it.
+    ///
+    /// The hash is std's `DefaultHasher` (fixed keys): a Rust release that changes it, or hardware
+    /// whose float rounding differs in the 4th digit, only yields a new id, i.e. one recomputation of
+    /// the cached features, never features of another backbone.
+    pub fn backbone_identity(&self) -> &str {
+        self.identity.get_or_init(|| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            format!(
+                "{:?}|{}|{:?}",
+                self.config.backbone, self.config.image_size, self.resize
+            )
+            .hash(&mut h);
+            let probe = RgbImage::from_fn(64, 64, |x, y| {
+                image::Rgb([(x * 4) as u8, (y * 4) as u8, ((x + y) * 2) as u8])
+            });
+            let means = self.prepare(&probe).and_then(|p| {
+                let f = self.features(&p)?;
+                [&f.level2, &f.level3, &f.level4]
+                    .iter()
+                    .map(|t| Ok(t.mean((2, 3))?.flatten_all()?.to_vec1::<f32>()?))
+                    .collect::<Result<Vec<Vec<f32>>>>()
+            });
+            match means {
+                Ok(levels) => levels
+                    .iter()
+                    .flatten()
+                    .for_each(|v| format!("{v:.3e}").hash(&mut h)),
+                Err(e) => {
+                    tracing::warn!("backbone identity: the probe image failed ({e}); the id covers the config only");
+                    format!("probe failed: {e}").hash(&mut h);
+                }
+            }
+            format!("{:016x}", h.finish())
+        })
     }
 
     pub fn config(&self) -> &MceConfig {

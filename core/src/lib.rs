@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod preprocess;
+pub mod quant;
 
 pub use backbone::{AnyBackbone, Backbone, BackboneKind, Features};
 pub use config::MceConfig;

@@ -11,7 +11,9 @@
 pub mod bench;
 pub mod model;
 pub mod overlay;
+pub mod registry;
 pub mod segment;
+pub mod service;
 
 /// The command line.
 #[derive(Debug, clap::Parser)]
@@ -31,6 +33,18 @@ pub enum Command {
     Segment(segment::SegmentArgs),
     /// Measure per-stage latency of the presets and write JSON.
     Bench(bench::BenchArgs),
+    /// Register a class's exemplars (image + mask) in the registry, with their features.
+    Register(registry::cli::RegisterArgs),
+    /// List the registered classes.
+    List(registry::cli::ListArgs),
+    /// Show one class's exemplars.
+    Show(registry::cli::ShowArgs),
+    /// Remove a class, or one of its exemplars (--exemplar N).
+    Remove(registry::cli::RemoveArgs),
+    /// Run the camera segmentation service (HTTP API, systemd notify).
+    Serve(service::serve::ServeArgs),
+    /// Register bundled exemplars of unseen classes and run the service pipeline on bundled frames.
+    Demo(service::demo::DemoArgs),
 }
 
 /// Run a parsed command.
@@ -38,5 +52,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Segment(a) => segment::run(&a),
         Command::Bench(a) => bench::run(&a),
+        Command::Register(a) => registry::cli::run_register(&a),
+        Command::List(a) => registry::cli::run_list(&a),
+        Command::Show(a) => registry::cli::run_show(&a),
+        Command::Remove(a) => registry::cli::run_remove(&a),
+        Command::Serve(a) => service::serve::run(&a),
+        Command::Demo(a) => service::demo::run(&a),
     }
 }

@@ -26,7 +26,7 @@ pub struct ModelArgs {
 impl ModelArgs {
     pub fn load(&self, device: &Device) -> Result<Segmenter> {
         match (&self.model, &self.init) {
-            (Some(path), _) => Segmenter::from_checkpoint(path, device)
+            (Some(path), _) => load_model_file(path, device)
                 .with_context(|| format!("loading model {}", path.display())),
             (None, Some(_)) => {
                 let weights = lite0_weights_path();
@@ -43,11 +43,30 @@ impl ModelArgs {
                         path.display()
                     );
                 }
-                Segmenter::from_checkpoint(&path, device)
+                load_model_file(&path, device)
                     .with_context(|| format!("loading bundled model {}", path.display()))
             }
         }
     }
+}
+
+/// A float checkpoint or, detected by its `format` metadata, an int8 artifact from `mce-calib`.
+fn load_model_file(path: &std::path::Path, device: &Device) -> Result<Segmenter> {
+    if mce_core::quant::is_quantized(path)? {
+        let m = mce_core::quant::artifact::load(path, device, Default::default())?;
+        tracing::info!(
+            "int8 model {} ({} layers, {} as quantized matmuls)",
+            path.display(),
+            m.spec.layers.len(),
+            m.spec
+                .layers
+                .values()
+                .filter(|l| l.exec == mce_core::quant::Exec::QMatMul)
+                .count()
+        );
+        return Ok(Segmenter::new(m.config, m.backbone, m.head, device, true));
+    }
+    Ok(Segmenter::from_checkpoint(path, device)?)
 }
 
 /// The loud warning every untrained-head run prints.

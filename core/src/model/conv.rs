@@ -1,9 +1,14 @@
 //! The head's 2-D convolution: candle_nn's `Conv2d` names (`weight`, `bias`) and initialisation,
 //! but 1×1 convolutions run as a matrix product, which is ~3× faster than candle's 1×1 `conv2d`
 //! forward and backward on CPU (the head has a dozen of them).
+//!
+//! Each conv carries an optional quantization hook ([`crate::quant::layers`]), attached at
+//! construction when a quantization plan is installed; without one it is a plain f32 conv.
 
+use crate::quant::layers::{attach, LayerHook, LayerInfo, LayerKind};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{init, Conv2dConfig, Init, VarBuilder};
+use std::sync::Arc;
 
 /// A trainable convolution (stride 1, groups 1).
 #[derive(Debug, Clone)]
@@ -11,6 +16,7 @@ pub struct Conv {
     weight: Tensor,
     bias: Option<Tensor>,
     config: Conv2dConfig,
+    quant: Option<Arc<LayerHook>>,
 }
 
 impl Conv {
@@ -23,6 +29,7 @@ impl Conv {
         bias: bool,
         vb: VarBuilder,
     ) -> Result<Self> {
+        let name = vb.prefix();
         let weight =
             vb.get_with_hints((out_c, in_c, k, k), "weight", init::DEFAULT_KAIMING_NORMAL)?;
         let bias = bias
@@ -38,10 +45,18 @@ impl Conv {
                 )
             })
             .transpose()?;
+        let pointwise = k == 1 && (config.padding, config.stride, config.groups) == (0, 1, 1);
+        let quant = attach(LayerInfo {
+            name,
+            kind: LayerKind::Conv { pointwise },
+            weight: &weight,
+            bias: bias.as_ref(),
+        })?;
         Ok(Self {
             weight,
             bias,
             config,
+            quant,
         })
     }
 }
@@ -71,23 +86,46 @@ pub fn conv2d_no_bias(
 impl Module for Conv {
     /// `(B, I, H, W)` → `(B, O, H', W')`.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let (out_c, in_c, kh, kw) = self.weight.dims4()?;
+        let (xs, weight) = match &self.quant {
+            Some(h) => (h.input(xs)?, h.weight(&self.weight)?),
+            None => (xs.clone(), self.weight.clone()),
+        };
+        let (out_c, in_c, kh, kw) = weight.dims4()?;
         let c = &self.config;
         let ys = if (kh, kw, c.padding, c.stride) == (1, 1, 0, 1) {
             let (b, _, h, w) = xs.dims4()?;
-            // (O, I) x (B, I, H·W) -> (B, O, H·W)
-            self.weight
-                .reshape((out_c, in_c))?
-                .broadcast_matmul(&xs.flatten_from(2)?)?
-                .reshape((b, out_c, h, w))?
+            match self
+                .quant
+                .as_deref()
+                .and_then(|q| pointwise_quantized(q, &xs))
+            {
+                Some(ys) => ys?.reshape((b, out_c, h, w))?,
+                // (O, I) x (B, I, H·W) -> (B, O, H·W)
+                None => weight
+                    .reshape((out_c, in_c))?
+                    .broadcast_matmul(&xs.flatten_from(2)?)?
+                    .reshape((b, out_c, h, w))?,
+            }
         } else {
-            xs.conv2d(&self.weight, c.padding, c.stride, c.dilation, c.groups)?
+            xs.conv2d(&weight, c.padding, c.stride, c.dilation, c.groups)?
         };
         match &self.bias {
             Some(b) => ys.broadcast_add(&b.reshape((1, out_c, 1, 1))?),
             None => Ok(ys),
         }
     }
+}
+
+/// `(B, I, H, W)` → `(B, O, H·W)` through the hook's quantized matmul, if it has one.
+pub(crate) fn pointwise_quantized(q: &LayerHook, xs: &Tensor) -> Option<Result<Tensor>> {
+    let m = q.matmul.as_ref()?;
+    // (B, H·W, I) x (O, I)ᵀ -> (B, H·W, O)
+    let ys = xs
+        .flatten_from(2)
+        .and_then(|x| x.transpose(1, 2)?.contiguous())
+        .and_then(|t| m.forward(&t))
+        .and_then(|y| y.transpose(1, 2));
+    Some(ys)
 }
 
 #[cfg(test)]

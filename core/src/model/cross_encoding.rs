@@ -18,8 +18,9 @@ use super::conv::{conv2d, Conv as Conv2d};
 use super::masks::LevelMask;
 use crate::config::{Attention, Branches, MceConfig};
 use crate::ops::{layer_norm, resize_bilinear, softmax};
+use crate::quant::layers::{linear, Linear};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// `Linear(d, r·d) – GELU(erf) – Linear(r·d, d)`.
 #[derive(Debug, Clone)]

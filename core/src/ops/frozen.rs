@@ -2,9 +2,15 @@
 //!
 //! `BN(conv(x)) = conv(x) * g + (beta - mean * g)`, `g = gamma / sqrt(var + eps)`, so the BN scale
 //! folds into the conv weight and its shift into a bias. Exact up to float rounding.
+//!
+//! A conv whose VarBuilder already holds a `bias` while its BN holds no `running_mean` is taken as
+//! folded (the int8 artifact stores backbone convs that way). Each conv carries an optional
+//! quantization hook ([`crate::quant::layers`]) named after its conv prefix.
 
-use candle_core::{Result, Tensor};
+use crate::quant::layers::{attach, LayerHook, LayerInfo, LayerKind};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use std::sync::Arc;
 
 /// Geometry of a 2-D convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +38,7 @@ pub struct FrozenConvBn {
     pub weight: Tensor,
     pub bias: Tensor,
     pub geometry: ConvGeometry,
+    quant: Option<Arc<LayerHook>>,
 }
 
 impl FrozenConvBn {
@@ -45,18 +52,42 @@ impl FrozenConvBn {
         bn_eps: f64,
     ) -> Result<Self> {
         let (out_c, in_c, k) = shape;
+        let name = conv.prefix();
         let weight = conv.get((out_c, in_c / geometry.groups, k, k), "weight")?;
+        let g = geometry;
+        let pointwise = k == 1 && (g.stride, g.padding, g.groups) == (1, 0, 1);
+        let hook = |weight: &Tensor, bias: &Tensor| {
+            attach(LayerInfo {
+                name: name.clone(),
+                kind: LayerKind::Conv { pointwise },
+                weight,
+                bias: Some(bias),
+            })
+        };
+        if conv.contains_tensor("bias") && !bn.contains_tensor("running_mean") {
+            let bias = conv.get(out_c, "bias")?.detach();
+            let weight = weight.detach();
+            let quant = hook(&weight, &bias)?;
+            return Ok(Self {
+                weight,
+                bias,
+                geometry,
+                quant,
+            });
+        }
         let gamma = bn.get(out_c, "weight")?;
         let beta = bn.get(out_c, "bias")?;
         let mean = bn.get(out_c, "running_mean")?;
         let var = bn.get(out_c, "running_var")?;
         let scale = gamma.div(&(var + bn_eps)?.sqrt()?)?;
         let weight = weight.broadcast_mul(&scale.reshape((out_c, 1, 1, 1))?)?;
-        let bias = (beta - mean.mul(&scale)?)?;
+        let (weight, bias) = (weight.detach(), (beta - mean.mul(&scale)?)?.detach());
+        let quant = hook(&weight, &bias)?;
         Ok(Self {
-            weight: weight.detach(),
-            bias: bias.detach(),
+            weight,
+            bias,
             geometry,
+            quant,
         })
     }
 
@@ -70,18 +101,30 @@ impl FrozenConvBn {
     /// taking the cheapest exact route: 1×1 stride-1 convs are a matmul (candle's 1×1 `conv2d` is ~4×
     /// slower), depthwise convs go to [`super::depthwise`], the rest to candle's `conv2d`.
     pub fn forward_padded(&self, xs: &Tensor, pads: [usize; 4]) -> Result<Tensor> {
+        let (xs, weight) = match &self.quant {
+            Some(h) => (h.input(xs)?, h.weight(&self.weight)?),
+            None => (xs.clone(), self.weight.clone()),
+        };
+        let (xs, weight) = (&xs, &weight);
         let g = self.geometry;
-        let (out_c, in_per_group, kh, kw) = self.weight.dims4()?;
+        let (out_c, in_per_group, kh, kw) = weight.dims4()?;
         let bias = self.bias.reshape((1, out_c, 1, 1))?;
         let ys = if (kh, kw, g.stride, g.groups) == (1, 1, 1, 1) && pads == [0; 4] {
             let (b, _, h, w) = xs.dims4()?;
-            let weight = self.weight.reshape((out_c, in_per_group))?;
-            // (out, in) x (B, in, H*W) -> (B, out, H*W)
-            weight
-                .broadcast_matmul(&xs.flatten_from(2)?)?
-                .reshape((b, out_c, h, w))?
+            match self.quant.as_ref().and_then(|q| q.matmul.as_ref()) {
+                // (B, H*W, in) x (out, in)ᵀ -> (B, H*W, out)
+                Some(m) => m
+                    .forward(&xs.flatten_from(2)?.transpose(1, 2)?.contiguous()?)?
+                    .transpose(1, 2)?
+                    .reshape((b, out_c, h, w))?,
+                // (out, in) x (B, in, H*W) -> (B, out, H*W)
+                None => weight
+                    .reshape((out_c, in_per_group))?
+                    .broadcast_matmul(&xs.flatten_from(2)?)?
+                    .reshape((b, out_c, h, w))?,
+            }
         } else if g.groups > 1 && g.groups == out_c && in_per_group == 1 {
-            super::depthwise::depthwise_conv2d_padded(xs, &self.weight, g.stride, pads, g.dilation)?
+            super::depthwise::depthwise_conv2d_padded(xs, weight, g.stride, pads, g.dilation)?
         } else {
             let [top, bottom, left, right] = pads;
             // The symmetric part goes to the conv; only the surplus is padded explicitly.
@@ -92,7 +135,7 @@ impl FrozenConvBn {
                 xs.pad_with_zeros(2, top - sym, bottom - sym)?
                     .pad_with_zeros(3, left - sym, right - sym)?
             };
-            xs.conv2d(&self.weight, sym, g.stride, g.dilation, g.groups)?
+            xs.conv2d(weight, sym, g.stride, g.dilation, g.groups)?
         };
         ys.broadcast_add(&bias)
     }

@@ -80,6 +80,16 @@ pub struct TrainArgs {
     /// `cpu` or `cuda:N` (CUDA needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Quantization-aware fine-tuning of `--from` with the scales of `--calibration`
+    /// (writes `<out>/qat.safetensors`; `mce-calib quantize` makes its int8 artifact).
+    #[arg(long, requires_all = ["from", "calibration"])]
+    pub qat: bool,
+    /// The float checkpoint QAT starts from.
+    #[arg(long)]
+    pub from: Option<PathBuf>,
+    /// Calibration table (`mce-calib calibrate --table`) with the starting scales.
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
 }
 
 /// Parse `cpu` / `cuda:N`.
@@ -139,6 +149,28 @@ impl TrainArgs {
 pub fn run(args: &TrainArgs) -> Result<()> {
     let cfg = args.config()?;
     let device = parse_device(&args.device)?;
+    if let (true, Some(from), Some(calibration)) = (args.qat, &args.from, &args.calibration) {
+        let ds = args.data.open()?;
+        let keep_float = match cfg.model.backbone {
+            BackboneKind::EfficientnetLite0 => mce_core::quant::artifact::SENSITIVE_LITE0
+                .map(String::from)
+                .to_vec(),
+            BackboneKind::Resnet50 => vec![],
+        };
+        let inputs = super::qat::QatInputs {
+            from,
+            calibration,
+            keep_float,
+        };
+        let path = super::qat::qat(ds.as_ref(), &cfg, &inputs, &args.out, &device)?;
+        println!(
+            "QAT: {} steps from {}; wrote {}",
+            cfg.steps,
+            from.display(),
+            path.display()
+        );
+        return Ok(());
+    }
     let weights = match (&args.backbone_weights, cfg.model.backbone) {
         (Some(p), _) => p.clone(),
         (None, BackboneKind::EfficientnetLite0) => lite0_weights_path(),

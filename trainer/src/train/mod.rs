@@ -10,6 +10,7 @@
 
 pub mod batch;
 pub mod cli;
+pub mod qat;
 pub mod state;
 pub mod validate;
 

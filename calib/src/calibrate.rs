@@ -1,0 +1,169 @@
+//! `mce-calib calibrate`: run the float model over episodes of the fold's TRAINING classes, collect
+//! a histogram of every conv / linear layer's input, choose scales by every method, and write the
+//! calibration table and the int8 artifact.
+//!
+//! ```text
+//! checkpoint ─ build under RecordPlan::observing ─▶ head + backbone with observers
+//! train_pool(fold) ─ EpisodeSampler(seed) ─▶ N episodes ─ FeatureStore (backbone observed)
+//!      ─ batches of 8 ─ head.forward(Eval) (head observed) ─▶ histograms per layer
+//! histograms ─ max / percentile / mse / kl ─▶ CalibrationTable ─▶ artifact (chosen method)
+//! ```
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use mce_core::checkpoint::{self, CheckpointFile};
+use mce_core::model::Mode;
+use mce_core::quant::artifact::{self, QuantSpec, SENSITIVE_LITE0};
+use mce_core::quant::layers::build_with;
+use mce_core::quant::plan::{HistogramObserver, RecordPlan};
+use mce_core::quant::scale::sqnr_db;
+use mce_core::quant::table::TABLE_FORMAT;
+use mce_core::quant::{CalibrationTable, Method, QuantizedWeight};
+use mce_core::{AnyBackbone, BackboneKind, Mce};
+use mce_train::data::{EpisodeSampler, FewShotDataset};
+use mce_train::features::FeatureStore;
+use mce_train::train::batch;
+use mce_train::transform::Variant;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The methods every table records.
+pub const METHODS: [Method; 4] = [
+    Method::Max,
+    Method::Percentile(99.99),
+    Method::Mse,
+    Method::Kl,
+];
+
+/// Which episodes calibrate.
+#[derive(Debug, Clone)]
+pub struct CalibOptions {
+    pub fold: usize,
+    pub folds: usize,
+    pub episodes: usize,
+    pub seed: u64,
+    /// The method whose scales go into the table's `scale` and the artifact.
+    pub method: Method,
+}
+
+/// Build the float head and backbone of `file` with an observer on every layer.
+fn observed_model(
+    file: &CheckpointFile,
+    observer: Arc<HistogramObserver>,
+    device: &Device,
+) -> Result<(Mce, AnyBackbone, Arc<RecordPlan>)> {
+    let plan = Arc::new(RecordPlan::observing(observer));
+    let vb = VarBuilder::from_tensors(file.tensors.clone(), DType::F32, device);
+    let (head, backbone) = build_with(plan.clone(), || -> candle_core::Result<_> {
+        Ok((
+            Mce::new(&file.config, vb.clone())?,
+            AnyBackbone::new(file.config.backbone, vb.pp("backbone"))?,
+        ))
+    })?;
+    Ok((head, backbone, plan))
+}
+
+/// Collect statistics and build the table (nothing written).
+pub fn calibrate(
+    ds: &dyn FewShotDataset,
+    file: &CheckpointFile,
+    opts: &CalibOptions,
+    device: &Device,
+) -> Result<CalibrationTable> {
+    let observer = Arc::new(HistogramObserver::default());
+    let (head, backbone, plan) = observed_model(file, observer.clone(), device)?;
+    let pool = ds.train_pool(opts.fold, opts.folds)?;
+    let episodes = EpisodeSampler::new(opts.seed).episodes(&pool, 1, opts.episodes)?;
+    let refs: Vec<_> = episodes
+        .iter()
+        .flat_map(|e| std::iter::once(e.query).chain(e.supports.iter().copied()))
+        .collect();
+    let size = file.config.image_size;
+    let store = FeatureStore::build(ds, &refs, &backbone, size, &[Variant::IDENTITY], device)?;
+    let bar = mce_train::features::progress(episodes.len() as u64, "calibrate head");
+    for chunk in episodes.chunks(8) {
+        let b = batch::assemble(&store, chunk, || 0, device)?;
+        head.forward(&b.query, &b.shots, Mode::Eval)?;
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let images = store_images(&refs);
+    let histograms = observer.histograms();
+    let mut layers = BTreeMap::new();
+    for r in plan.records() {
+        let Some(h) = histograms.get(&r.name) else {
+            continue; // never ran (EfficientNet's classifier head)
+        };
+        let q = QuantizedWeight::quantize(&r.weight)?.dequantize(r.weight.device())?;
+        let w_sqnr = sqnr_db(&r.weight, &q)?;
+        layers.insert(
+            r.name.clone(),
+            CalibrationTable::layer(
+                r.kind,
+                r.weight.dims().to_vec(),
+                w_sqnr,
+                h.clone(),
+                &METHODS,
+                opts.method,
+            ),
+        );
+    }
+    Ok(CalibrationTable {
+        format: TABLE_FORMAT.into(),
+        checkpoint: file.path.display().to_string(),
+        method: opts.method,
+        source: format!(
+            "{} 1-shot episodes (seed {}) of the training classes of fold {}/{} of {}: {images} images",
+            opts.episodes,
+            opts.seed,
+            opts.fold,
+            opts.folds,
+            ds.name()
+        ),
+        layers,
+    })
+}
+
+fn store_images(refs: &[mce_train::SampleRef]) -> usize {
+    refs.iter()
+        .map(|r| r.image)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+}
+
+/// The layers kept in f32 by default for a backbone.
+pub fn default_keep_float(kind: BackboneKind) -> Vec<String> {
+    match kind {
+        BackboneKind::EfficientnetLite0 => SENSITIVE_LITE0.map(String::from).to_vec(),
+        BackboneKind::Resnet50 => vec![],
+    }
+}
+
+/// Write the artifact of `file` with the table's scales of `method` (default: the table's).
+pub fn write_artifact(
+    out: &Path,
+    file: &CheckpointFile,
+    table: &CalibrationTable,
+    method: Option<Method>,
+    keep_float: &[String],
+    device: &Device,
+) -> Result<QuantSpec> {
+    let method = method.unwrap_or(table.method);
+    let scales: HashMap<String, f32> = table.scales(Some(method));
+    let extra = BTreeMap::from([
+        (
+            "source_checkpoint".to_string(),
+            file.path.display().to_string(),
+        ),
+        ("calibration".to_string(), table.source.clone()),
+    ]);
+    artifact::write_from_checkpoint(out, file, &scales, method, keep_float, &extra, device)
+        .with_context(|| format!("writing {}", out.display()))
+}
+
+/// Read a float checkpoint.
+pub fn read_checkpoint(path: &Path, device: &Device) -> Result<CheckpointFile> {
+    checkpoint::read(path, device).with_context(|| format!("reading {}", path.display()))
+}

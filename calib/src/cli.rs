@@ -1,0 +1,171 @@
+//! The `mce-calib` command line.
+//!
+//! ```text
+//! mce-calib calibrate --checkpoint C --dataset msrc --root DIR --fold 0 --episodes 200 \
+//!                     --table calib/table.json --out model.int8.safetensors [--method percentile]
+//! mce-calib quantize  --checkpoint QAT.safetensors --table calib/table.json --out qat.int8.safetensors
+//! mce-calib report    --checkpoint C --table T --artifact A [--qat-artifact Q] --dataset msrc --root DIR \
+//!                     --fold 0 --episodes 300 --seeds 0 --json calib/report.json --markdown calib/REPORT.md
+//! ```
+
+use crate::calibrate::{self, CalibOptions};
+use crate::report::{self, ReportInputs};
+use anyhow::{Context, Result};
+use mce_core::quant::{CalibrationTable, Method};
+use mce_train::data::DatasetArgs;
+use mce_train::eval::cli::compute_device;
+use mce_train::eval::EpisodeArgs;
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Collect activation statistics on training-class episodes; write the table and the artifact.
+    Calibrate(CalibrateArgs),
+    /// Write an artifact for a (QAT) checkpoint with the scales of an existing table.
+    Quantize(QuantizeArgs),
+    /// Compare float / simulated int8 / device int8 / QAT on held-out episodes.
+    Report(ReportArgs),
+}
+
+fn parse_method(s: &str) -> Result<Method, String> {
+    s.parse()
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CalibrateArgs {
+    /// Float checkpoint.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub data: DatasetArgs,
+    #[arg(long, default_value_t = 0)]
+    pub fold: usize,
+    /// Number of folds (default: the dataset's).
+    #[arg(long)]
+    pub folds: Option<usize>,
+    /// 1-shot episodes of the training classes to calibrate on.
+    #[arg(long, default_value_t = 200)]
+    pub episodes: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Scale method of the artifact: max, percentile[:P], mse, kl.
+    #[arg(long, default_value = "percentile", value_parser = parse_method)]
+    pub method: Method,
+    /// Calibration table to write (JSON).
+    #[arg(long)]
+    pub table: PathBuf,
+    /// Quantized artifact to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Layers to keep in f32 (default: the backbone's sensitive layers; `none` for all int8).
+    #[arg(long, value_delimiter = ',')]
+    pub keep_float: Option<Vec<String>>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct QuantizeArgs {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[arg(long)]
+    pub table: PathBuf,
+    /// Scale method (default: the table's).
+    #[arg(long, value_parser = parse_method)]
+    pub method: Option<Method>,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_delimiter = ',')]
+    pub keep_float: Option<Vec<String>>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// The float checkpoint.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[arg(long)]
+    pub table: PathBuf,
+    #[arg(long)]
+    pub artifact: PathBuf,
+    /// Artifact of the QAT checkpoint (`mce-calib quantize`).
+    #[arg(long)]
+    pub qat_artifact: Option<PathBuf>,
+    #[command(flatten)]
+    pub episodes: EpisodeArgs,
+    /// Frames timed per latency measurement.
+    #[arg(long, default_value_t = 10)]
+    pub latency_frames: usize,
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+    #[arg(long, value_delimiter = ',')]
+    pub keep_float: Option<Vec<String>>,
+}
+
+fn keep_float(arg: &Option<Vec<String>>, kind: mce_core::BackboneKind) -> Vec<String> {
+    match arg {
+        Some(v) if v.iter().any(|s| s == "none") => vec![],
+        Some(v) => v.clone(),
+        None => calibrate::default_keep_float(kind),
+    }
+}
+
+pub fn run(cmd: &Command) -> Result<()> {
+    let device = compute_device()?;
+    match cmd {
+        Command::Calibrate(a) => {
+            let ds = a.data.open()?;
+            let file = calibrate::read_checkpoint(&a.checkpoint, &device)?;
+            let opts = CalibOptions {
+                fold: a.fold,
+                folds: a.folds.unwrap_or_else(|| ds.default_folds()),
+                episodes: a.episodes,
+                seed: a.seed,
+                method: a.method,
+            };
+            let table = calibrate::calibrate(ds.as_ref(), &file, &opts, &device)?;
+            table.save(&a.table)?;
+            let kf = keep_float(&a.keep_float, file.config.backbone);
+            let spec = calibrate::write_artifact(&a.out, &file, &table, None, &kf, &device)?;
+            println!(
+                "calibrated {} layers on {}; table {}; artifact {} ({} layers, {} bytes)",
+                table.layers.len(),
+                table.source,
+                a.table.display(),
+                a.out.display(),
+                spec.layers.len(),
+                std::fs::metadata(&a.out).map_or(0, |m| m.len())
+            );
+        }
+        Command::Quantize(a) => {
+            let file = calibrate::read_checkpoint(&a.checkpoint, &device)?;
+            let table = CalibrationTable::load(&a.table)?;
+            let kf = keep_float(&a.keep_float, file.config.backbone);
+            let spec = calibrate::write_artifact(&a.out, &file, &table, a.method, &kf, &device)?;
+            println!("wrote {} ({} layers)", a.out.display(), spec.layers.len());
+        }
+        Command::Report(a) => {
+            let ds = a.episodes.open()?;
+            let opts = a.episodes.options(ds.as_ref());
+            let table = CalibrationTable::load(&a.table)?;
+            let file = calibrate::read_checkpoint(&a.checkpoint, &device)?;
+            let inputs = ReportInputs {
+                checkpoint: &a.checkpoint,
+                table: &table,
+                artifact: &a.artifact,
+                qat_artifact: a.qat_artifact.as_deref(),
+                keep_float: keep_float(&a.keep_float, file.config.backbone),
+                latency_frames: a.latency_frames,
+            };
+            let r = report::build(ds.as_ref(), &opts, &inputs, &device)?;
+            let md = report::markdown(&r);
+            print!("{md}");
+            if let Some(p) = &a.episodes.json {
+                let text = serde_json::to_string_pretty(&r)?;
+                std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+            }
+            if let Some(p) = &a.markdown {
+                std::fs::write(p, &md).with_context(|| format!("writing {}", p.display()))?;
+            }
+        }
+    }
+    Ok(())
+}

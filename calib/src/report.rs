@@ -1,0 +1,314 @@
+//! `mce-calib report`: float vs simulated int8 (each calibration method) vs the device's int8
+//! artifact (and the QAT artifact) on the same held-out test episodes of the fold, with per-layer
+//! scale, clipping rate and SQNR, artifact sizes and per-frame latency. JSON and markdown.
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use mce_core::checkpoint::{self, CheckpointFile};
+use mce_core::inference::{models_dir, Segmenter};
+use mce_core::preprocess::{load_mask, load_rgb, MaskEncoding};
+use mce_core::quant::artifact::{self, LoadOptions};
+use mce_core::quant::layers::build_with;
+use mce_core::quant::plan::SimulatePlan;
+use mce_core::quant::{CalibrationTable, Method};
+use mce_core::{AnyBackbone, Mce, MceConfig};
+use mce_train::data::FewShotDataset;
+use mce_train::eval::{build_store, evaluate, seed_episodes, EvalOptions};
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// One evaluated variant of the model.
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantResult {
+    pub name: String,
+    pub description: String,
+    pub miou: f64,
+    pub fb_iou: f64,
+    /// Artifact size in bytes, where the variant is a file the device loads.
+    pub file_bytes: Option<u64>,
+    /// Median per-frame latency (backbone + query encoding + one class) in ms.
+    pub latency_ms: Option<f64>,
+}
+
+/// One layer's row.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerRow {
+    pub name: String,
+    pub scale: f32,
+    pub clip_rate: f64,
+    pub input_sqnr_db: f64,
+    pub weight_sqnr_db: f64,
+    pub exec: String,
+    pub weight_dtype: String,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub episodes: String,
+    pub calibration: String,
+    pub method: Method,
+    pub variants: Vec<VariantResult>,
+    pub layers: Vec<LayerRow>,
+    pub latency_note: String,
+}
+
+/// What to compare.
+pub struct ReportInputs<'a> {
+    pub checkpoint: &'a Path,
+    pub table: &'a CalibrationTable,
+    pub artifact: &'a Path,
+    pub qat_artifact: Option<&'a Path>,
+    pub keep_float: Vec<String>,
+    pub latency_frames: usize,
+}
+
+fn asset(name: &str) -> PathBuf {
+    models_dir().join("../assets/msrc").join(name)
+}
+
+/// Median ms per frame of `segment` on the bundled bicycle photo (exemplar `8_10_s`, 1 class).
+pub fn latency_ms(seg: &Segmenter, frames: usize) -> Result<f64> {
+    let ex_img = load_rgb(asset("8_10_s.png"))?;
+    let ex_mask = load_mask(asset("8_10_s_GT.png"), MaskEncoding::ClassIndex(12))?;
+    let ex = seg.exemplar(&ex_img, &ex_mask, &asset("8_10_s.png"))?;
+    let class = seg.encode_class(&[ex])?;
+    let frame = load_rgb(asset("8_13_s.png"))?;
+    for _ in 0..2 {
+        seg.segment(&frame, &[&class])?;
+    }
+    let mut times: Vec<f64> = (0..frames.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            seg.segment(&frame, &[&class])
+                .map(|_| t.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<mce_core::Result<_>>()?;
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// The float model of `file` with simulated int8 (fake-quantized weights and inputs) at `method`.
+fn simulated(
+    file: &CheckpointFile,
+    table: &CalibrationTable,
+    method: Method,
+    keep_float: &[String],
+    device: &Device,
+) -> Result<(Mce, AnyBackbone)> {
+    let plan = std::sync::Arc::new(SimulatePlan {
+        input_scales: table.scales(Some(method)),
+        fake_weights: true,
+        keep_float: keep_float.to_vec(),
+    });
+    let vb = VarBuilder::from_tensors(file.tensors.clone(), DType::F32, device);
+    Ok(build_with(plan, || -> candle_core::Result<_> {
+        Ok((
+            Mce::new(&file.config, vb.clone())?,
+            AnyBackbone::new(file.config.backbone, vb.pp("backbone"))?,
+        ))
+    })?)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn score(
+    ds: &dyn FewShotDataset,
+    opts: &EvalOptions,
+    config: &MceConfig,
+    head: Mce,
+    backbone: AnyBackbone,
+    name: &str,
+    description: String,
+    file: Option<&Path>,
+    frames: Option<usize>,
+    device: &Device,
+) -> Result<VariantResult> {
+    let lists = seed_episodes(ds, opts)?;
+    let store = build_store(ds, &lists, &backbone, config.image_size, device)?;
+    let r = evaluate(ds, &head, &store, opts)?;
+    let latency = match frames {
+        Some(n) => {
+            let seg = Segmenter::new(config.clone(), backbone, head, device, true);
+            Some(latency_ms(&seg, n)?)
+        }
+        None => None,
+    };
+    let v = VariantResult {
+        name: name.into(),
+        description,
+        miou: 100.0 * r.miou.map_or(f64::NAN, |i| i.mean),
+        fb_iou: 100.0 * r.fb_iou.map_or(f64::NAN, |i| i.mean),
+        file_bytes: file
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len()),
+        latency_ms: latency,
+    };
+    tracing::info!(
+        "{name}: mIoU {:.2} FB-IoU {:.2} latency {:?} ms",
+        v.miou,
+        v.fb_iou,
+        v.latency_ms
+    );
+    Ok(v)
+}
+
+/// Evaluate every variant on the same episodes.
+pub fn build(
+    ds: &dyn FewShotDataset,
+    opts: &EvalOptions,
+    inputs: &ReportInputs,
+    device: &Device,
+) -> Result<Report> {
+    let frames = Some(inputs.latency_frames);
+    let file = checkpoint::read(inputs.checkpoint, device)
+        .with_context(|| format!("reading {}", inputs.checkpoint.display()))?;
+    let cfg = file.config.clone();
+    let mut variants = Vec::new();
+    let m = checkpoint::load(inputs.checkpoint, device)?;
+    variants.push(score(
+        ds,
+        opts,
+        &cfg,
+        m.head,
+        m.backbone,
+        "float",
+        "f32 checkpoint".into(),
+        Some(inputs.checkpoint),
+        frames,
+        device,
+    )?);
+    for method in crate::calibrate::METHODS {
+        let (head, backbone) = simulated(&file, inputs.table, method, &inputs.keep_float, device)?;
+        variants.push(score(
+            ds,
+            opts,
+            &cfg,
+            head,
+            backbone,
+            &format!("int8-sim {method}"),
+            format!("simulated static int8: per-channel weights, per-tensor inputs ({method})"),
+            None,
+            None,
+            device,
+        )?);
+    }
+    let mut artifacts = vec![("int8 artifact", inputs.artifact)];
+    if let Some(q) = inputs.qat_artifact {
+        artifacts.push(("int8 QAT artifact", q));
+    }
+    for (name, path) in artifacts {
+        for (suffix, opts_load, t) in [
+            (
+                " (device: i8 weights, Q8_0 QMatMul)",
+                LoadOptions::default(),
+                frames,
+            ),
+            (
+                " (simulated static int8 inputs)",
+                LoadOptions {
+                    quantized_matmul: false,
+                    simulate_activations: true,
+                },
+                None,
+            ),
+        ] {
+            let a = artifact::load(path, device, opts_load)
+                .with_context(|| format!("loading {}", path.display()))?;
+            variants.push(score(
+                ds,
+                opts,
+                &a.config,
+                a.head,
+                a.backbone,
+                &format!("{name}{suffix}"),
+                format!("{} ({} scales)", path.display(), a.spec.method),
+                Some(path),
+                t,
+                device,
+            )?);
+        }
+    }
+    let spec = artifact::load(inputs.artifact, device, LoadOptions::default())?.spec;
+    let layers = inputs
+        .table
+        .layers
+        .iter()
+        .map(|(name, l)| LayerRow {
+            name: name.clone(),
+            scale: l.scale,
+            clip_rate: l.clip_rate,
+            input_sqnr_db: l.input_sqnr_db,
+            weight_sqnr_db: l.weight_sqnr_db,
+            exec: spec
+                .layers
+                .get(name)
+                .map_or("-".into(), |s| format!("{:?}", s.exec)),
+            weight_dtype: spec
+                .layers
+                .get(name)
+                .map_or("-".into(), |s| s.weight_dtype.clone()),
+        })
+        .collect();
+    Ok(Report {
+        episodes: format!(
+            "{} fold {}/{} {}-shot test episodes × seeds {:?}",
+            ds.name(),
+            opts.fold,
+            opts.n_folds,
+            opts.shots,
+            opts.seeds
+        ),
+        calibration: inputs.table.source.clone(),
+        method: inputs.table.method,
+        variants,
+        layers,
+        latency_note: format!(
+            "median of {} frames of Segmenter::segment (320², backbone + query + 1 class) on {}, \
+             {} threads; timed on a shared machine",
+            inputs.latency_frames,
+            if device.is_cpu() { "CPU" } else { "GPU" },
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        ),
+    })
+}
+
+/// The report as markdown tables.
+pub fn markdown(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "### Int8 quantization\n");
+    let _ = writeln!(
+        s,
+        "Held-out episodes: {}. Calibration: {} (artifact scales: {}).\n",
+        r.episodes, r.calibration, r.method
+    );
+    let _ = writeln!(s, "| variant | mIoU | FB-IoU | file | latency/frame |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+    for v in &r.variants {
+        let size = v
+            .file_bytes
+            .map_or("-".into(), |b| format!("{:.2} MB", b as f64 / 1e6));
+        let lat = v.latency_ms.map_or("-".into(), |l| format!("{l:.1} ms"));
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} | {:.2} | {size} | {lat} |",
+            v.name, v.miou, v.fb_iou
+        );
+    }
+    let _ = writeln!(s, "\nLatency: {}.\n", r.latency_note);
+    let _ = writeln!(
+        s,
+        "| layer | input scale | clip rate | input SQNR dB | weight SQNR dB | weight | exec |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---|---|");
+    for l in &r.layers {
+        let _ = writeln!(
+            s,
+            "| {} | {:.4e} | {:.2e} | {:.1} | {:.1} | {} | {} |",
+            l.name, l.scale, l.clip_rate, l.input_sqnr_db, l.weight_sqnr_db, l.weight_dtype, l.exec
+        );
+    }
+    s
+}

@@ -1,0 +1,214 @@
+//! Quantization hooks inside the model's conv and linear layers, and how each layer executes.
+//!
+//! A layer is built as usual (`Mce::new`, `AnyBackbone::new`); if a [`QuantPlan`] is installed on the
+//! building thread ([`build_with`]), every conv / linear layer shows the plan its name (its
+//! VarBuilder prefix, i.e. its tensor names), kind and weight, and keeps the [`LayerHook`] the plan
+//! returns. Without a plan nothing changes. At forward time the hook may
+//!
+//! * observe the layer's input (calibration statistics),
+//! * fake-quantize the input with a per-tensor scale (simulated int8 activations, QAT),
+//! * fake-quantize the weight per output channel with the STE (QAT),
+//! * run the layer as candle's quantized matmul ([`Exec::QMatMul`], Q8_0) instead of f32.
+
+use super::fake::{fake_quantize, fake_quantize_weight};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Module, Result, Tensor};
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::sync::Arc;
+
+/// What kind of layer a hook sits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerKind {
+    /// A 2-D convolution; `pointwise` when 1×1, stride 1, groups 1, no padding (a matmul).
+    Conv { pointwise: bool },
+    /// A linear layer on `(…, in)` inputs.
+    Linear,
+}
+
+impl LayerKind {
+    /// Whether the layer is a matrix product over its input channels.
+    pub fn is_matmul(self) -> bool {
+        matches!(
+            self,
+            LayerKind::Linear | LayerKind::Conv { pointwise: true }
+        )
+    }
+}
+
+/// How a layer runs on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exec {
+    /// candle's quantized matmul (`QMatMul`, Q8_0 blocks of 32 input channels) on CPU.
+    QMatMul,
+    /// The int8 weight is dequantized once at load and the layer runs in f32.
+    Dequantized,
+}
+
+/// Q8_0 block size: `QMatMul` needs the input width to be a multiple of it.
+pub const Q8_BLOCK: usize = 32;
+
+/// The CPU execution choice of a layer: `QMatMul` where the layer is a matmul whose input width is
+/// a multiple of the Q8_0 block, else dequantize at load.
+pub fn cpu_exec(kind: LayerKind, in_features: usize) -> Exec {
+    if kind.is_matmul() && in_features.is_multiple_of(Q8_BLOCK) {
+        Exec::QMatMul
+    } else {
+        Exec::Dequantized
+    }
+}
+
+/// What a layer shows the plan while it is built.
+pub struct LayerInfo<'a> {
+    /// VarBuilder prefix, e.g. `decoder.cls` or `backbone._blocks.3._expand_conv`.
+    pub name: String,
+    pub kind: LayerKind,
+    /// The weight used at forward time (`(O, I, k, k)` conv, `(O, I)` linear; BN folded).
+    pub weight: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+}
+
+/// Receives every input a hooked layer sees (calibration).
+pub trait Observer: Send + Sync {
+    fn observe(&self, layer: &str, input: &Tensor) -> Result<()>;
+}
+
+/// Decides each layer's hook while a model is built.
+pub trait QuantPlan {
+    fn hook(&self, layer: &LayerInfo) -> Result<Option<LayerHook>>;
+}
+
+/// The quantization behaviour of one layer.
+#[derive(Clone, Default)]
+pub struct LayerHook {
+    pub name: String,
+    /// Record inputs (calibration).
+    pub observer: Option<Arc<dyn Observer>>,
+    /// Fake-quantize the input with this per-tensor scale.
+    pub input_scale: Option<f32>,
+    /// Fake-quantize the weight per output channel at every forward (QAT; STE gradient).
+    pub fake_weight: bool,
+    /// Run as a quantized matmul.
+    pub matmul: Option<Arc<QMatMul>>,
+}
+
+impl std::fmt::Debug for LayerHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerHook")
+            .field("name", &self.name)
+            .field("observer", &self.observer.is_some())
+            .field("input_scale", &self.input_scale)
+            .field("fake_weight", &self.fake_weight)
+            .field("matmul", &self.matmul.is_some())
+            .finish()
+    }
+}
+
+impl LayerHook {
+    /// The layer's input after observation / fake quantization.
+    pub fn input(&self, xs: &Tensor) -> Result<Tensor> {
+        if let Some(o) = &self.observer {
+            o.observe(&self.name, xs)?;
+        }
+        match self.input_scale {
+            Some(s) => fake_quantize(xs, s),
+            None => Ok(xs.clone()),
+        }
+    }
+
+    /// The weight to use in this forward pass.
+    pub fn weight(&self, w: &Tensor) -> Result<Tensor> {
+        if self.fake_weight {
+            fake_quantize_weight(w)
+        } else {
+            Ok(w.clone())
+        }
+    }
+
+    /// `(…, in) → (…, out)` through the quantized matmul, if this layer has one.
+    pub fn matmul(&self, xs: &Tensor) -> Option<Result<Tensor>> {
+        self.matmul
+            .as_ref()
+            .map(|m| xs.contiguous().and_then(|x| m.forward(&x)))
+    }
+}
+
+/// Q8_0 `QMatMul` of a weight `(O, I, …)` viewed as `(O, I·…)`.
+pub fn q8_matmul(weight: &Tensor) -> Result<Arc<QMatMul>> {
+    let w = weight.flatten_from(1)?.contiguous()?;
+    let q = QTensor::quantize(&w, GgmlDType::Q8_0)?;
+    Ok(Arc::new(QMatMul::from_qtensor(q)?))
+}
+
+thread_local! {
+    static PLAN: RefCell<Option<Arc<dyn QuantPlan>>> = const { RefCell::new(None) };
+}
+
+/// Restores the previous plan when dropped (also on panic).
+struct Restore(Option<Arc<dyn QuantPlan>>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let prev = self.0.take();
+        PLAN.with(|p| *p.borrow_mut() = prev);
+    }
+}
+
+/// Run `build` (which constructs models) with `plan` deciding every conv / linear layer's hook.
+pub fn build_with<R>(plan: Arc<dyn QuantPlan>, build: impl FnOnce() -> R) -> R {
+    let prev = PLAN.with(|p| p.borrow_mut().replace(plan));
+    let _restore = Restore(prev);
+    build()
+}
+
+/// Called by layer constructors: the hook of the installed plan, if any.
+pub fn attach(info: LayerInfo) -> Result<Option<Arc<LayerHook>>> {
+    let plan = PLAN.with(|p| p.borrow().clone());
+    match plan {
+        Some(plan) => Ok(plan.hook(&info)?.map(Arc::new)),
+        None => Ok(None),
+    }
+}
+
+/// A linear layer with candle_nn's names and initialisation (`weight (out, in)`, `bias (out,)`)
+/// and an optional quantization hook.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    inner: candle_nn::Linear,
+    quant: Option<Arc<LayerHook>>,
+}
+
+/// `candle_nn::linear` with a quantization hook.
+pub fn linear(in_dim: usize, out_dim: usize, vb: candle_nn::VarBuilder) -> Result<Linear> {
+    let name = vb.prefix();
+    let inner = candle_nn::linear(in_dim, out_dim, vb)?;
+    let quant = attach(LayerInfo {
+        name,
+        kind: LayerKind::Linear,
+        weight: inner.weight(),
+        bias: inner.bias(),
+    })?;
+    Ok(Linear { inner, quant })
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let Some(h) = &self.quant else {
+            return self.inner.forward(xs);
+        };
+        let xs = h.input(xs)?;
+        let ys = match h.matmul(&xs) {
+            Some(ys) => ys?,
+            None => {
+                let w = h.weight(self.inner.weight())?;
+                return candle_nn::Linear::new(w, self.inner.bias().cloned()).forward(&xs);
+            }
+        };
+        match self.inner.bias() {
+            Some(b) => ys.broadcast_add(b),
+            None => Ok(ys),
+        }
+    }
+}

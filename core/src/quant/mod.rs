@@ -1,0 +1,27 @@
+//! Int8 quantization: the primitives the calibrator (`mce-calib`), QAT (`mce-train train --qat`) and
+//! the device share.
+//!
+//! * [`fake`]: fake quantization (quantize → dequantize) with a straight-through gradient.
+//! * [`scale`]: per-output-channel weight scales, activation histograms and the threshold methods
+//!   (max, percentile, minimum MSE, minimum KL).
+//! * [`layers`]: the hook every conv / linear layer carries, the plan that attaches hooks while a
+//!   model is built, and the per-layer execution choice (`QMatMul` or dequantized f32).
+//! * [`plan`]: plans for recording layers, calibration (histograms) and simulated int8 / QAT.
+//! * [`table`]: the calibration table (JSON).
+//! * [`artifact`]: the quantized artifact (safetensors with i8 weights, `format = "mce-quantized"`).
+
+pub mod artifact;
+pub mod fake;
+pub mod layers;
+pub mod plan;
+pub mod scale;
+pub mod table;
+
+/// Largest int8 magnitude used (symmetric: −127…127).
+pub const QMAX: f32 = 127.0;
+
+pub use artifact::{is_quantized, LoadOptions, QuantSpec, QuantizedModel};
+pub use fake::{fake_quantize, fake_quantize_per_channel, fake_quantize_weight};
+pub use layers::{build_with, Exec, LayerHook, LayerKind, QuantPlan};
+pub use scale::{channel_scales, Histogram, Method, QuantizedWeight};
+pub use table::CalibrationTable;

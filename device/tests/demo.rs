@@ -1,0 +1,91 @@
+//! `mce-device demo` as a user runs it: bundled exemplars registered in a temporary registry, the
+//! service pipeline over bundled frames, overlays and JSON written, a summary printed.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn demo_writes_consistent_overlays_and_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let trained = mce_device::model::default_model_path().exists();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mce-device"));
+    cmd.args(["demo", "--classes", "3", "--frames", "3", "--out"])
+        .arg(&out)
+        .env("NO_COLOR", "1");
+    if !trained {
+        cmd.args(["--init", "lite0"]);
+    }
+    let o = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.contains("UNTRAINED"), !trained, "{stderr}");
+    assert!(
+        stdout.contains("mean IoU") && stdout.contains("frames/s"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&out.display().to_string()),
+        "says where to look: {stdout}"
+    );
+    for class in ["bicycle", "aeroplane", "dog"] {
+        assert!(stdout.contains(&format!("registered {class}")), "{stdout}");
+    }
+
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["model_trained"], trained);
+    assert_eq!(
+        summary["classes"],
+        serde_json::json!(["bicycle", "aeroplane", "dog"])
+    );
+    let frames = summary["frames"].as_array().unwrap();
+    assert_eq!(frames.len(), 3, "{summary}");
+    let mut true_classes = Vec::new();
+    let mut ious = Vec::new();
+    for f in frames {
+        let name = f["frame"].as_str().unwrap();
+        let overlay = out.join(f["overlay"].as_str().unwrap());
+        let img = image::open(&overlay).unwrap_or_else(|e| panic!("{}: {e}", overlay.display()));
+        let src = image::open(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../assets/msrc/{name}.png")),
+        )
+        .unwrap();
+        assert_eq!((img.width(), img.height()), (src.width(), src.height()));
+        let iou = f["iou"]
+            .as_f64()
+            .expect("every class is registered: an IoU");
+        assert!((0.0..=1.0).contains(&iou), "{f}");
+        ious.push(iou);
+        assert!(f["latency_ms"].as_f64().unwrap() > 0.0, "{f}");
+        assert!(f["inference_ms"].as_f64().unwrap() > 0.0, "{f}");
+        for (c, area) in f["classes_found"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_str().unwrap(), p[1].as_f64().unwrap()))
+        {
+            assert!(summary["classes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n == c));
+            assert!(area > 0.0 && area <= 1.0);
+        }
+        // The per-frame JSON matches the summary entry.
+        let single: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(format!("{name}.json"))).unwrap())
+                .unwrap();
+        assert_eq!(&single, f);
+        true_classes.push(f["true_class"].as_str().unwrap().to_string());
+    }
+    // --frames 3 alternates between the photo series: one frame of each class.
+    true_classes.sort();
+    assert_eq!(true_classes, ["aeroplane", "bicycle", "dog"]);
+    let mean = summary["mean_iou"].as_f64().unwrap();
+    assert!((mean - ious.iter().sum::<f64>() / 3.0).abs() < 1e-9);
+    assert!(summary["frames_per_second"].as_f64().unwrap() > 0.0);
+    println!("demo: mean IoU {mean:.3}, per frame {ious:?}, trained model: {trained}");
+}
