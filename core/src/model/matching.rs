@@ -89,8 +89,13 @@ mod tests {
         //               (3, 0) → fg best max(1, 0.6) = 1,   bg best max(0, −1) = 0 → 1.
         let q = Tensor::new(&[[[[0f32, 3.]], [[2., 0.]]]], &dev)?;
         let p = level_prior(&q, &[&a, &bm], 1)?; // 1×1 grid: bilinear average of the two.
-        let two = level_prior(&q, &[&a, &bm], 2)?.flatten_all()?.to_vec1::<f32>()?;
-        assert!((two[0] + 0.2).abs() < 1e-5 && (two[1] - 1.0).abs() < 1e-5, "{two:?}");
+        let two = level_prior(&q, &[&a, &bm], 2)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert!(
+            (two[0] + 0.2).abs() < 1e-5 && (two[1] - 1.0).abs() < 1e-5,
+            "{two:?}"
+        );
         let one = p.flatten_all()?.to_vec1::<f32>()?;
         assert_eq!(one.len(), 1);
         // Shot A alone: query (0, 2) → fg 0, bg 1 → −1.
