@@ -1,15 +1,18 @@
-//! `mce-calib calibrate`: run the float model over episodes of the fold's TRAINING classes, collect
-//! a histogram of every conv / linear layer's input, choose scales by every method, and write the
-//! calibration table and the int8 artifact.
+//! `mce-calib calibrate`: run the float model over episodes of the fold's TRAINING classes and/or the
+//! user's own frames against their exemplars ([`crate::frames`]), collect a histogram of every
+//! conv / linear layer's input, choose scales by every method, and write the calibration table and
+//! the int8 artifact.
 //!
 //! ```text
 //! checkpoint ─ build under RecordPlan::observing ─▶ head + backbone with observers
 //! train_pool(fold) ─ EpisodeSampler(seed) ─▶ N episodes ─ FeatureStore (backbone observed)
 //!      ─ batches of 8 ─ head.forward(Eval) (head observed) ─▶ histograms per layer
+//! --frames F --exemplars E ─ Segmenter (observed model) ─ each frame × each class ─┘
 //! histograms ─ max / percentile / mse / kl ─▶ CalibrationTable ─▶ artifact (chosen method)
 //! ```
 
-use anyhow::{Context, Result};
+use crate::frames::FrameSource;
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use mce_core::checkpoint::{self, CheckpointFile};
@@ -20,6 +23,7 @@ use mce_core::quant::plan::{HistogramObserver, RecordPlan};
 use mce_core::quant::scale::sqnr_db;
 use mce_core::quant::table::TABLE_FORMAT;
 use mce_core::quant::{CalibrationTable, Method, QuantizedWeight};
+use mce_core::inference::Segmenter;
 use mce_core::{AnyBackbone, BackboneKind, Mce};
 use mce_train::data::{EpisodeSampler, FewShotDataset};
 use mce_train::features::FeatureStore;
@@ -65,15 +69,33 @@ fn observed_model(
     Ok((head, backbone, plan))
 }
 
-/// Collect statistics and build the table (nothing written).
+/// What calibration runs the float model on.
+pub enum Source<'a> {
+    /// 1-shot episodes of the fold's training classes ([`CalibOptions`]).
+    Episodes(&'a dyn FewShotDataset),
+    /// The user's frames against their exemplars ([`crate::frames`]).
+    Frames(&'a FrameSource),
+}
+
+/// Collect statistics on training episodes of `ds` and build the table (nothing written).
 pub fn calibrate(
     ds: &dyn FewShotDataset,
     file: &CheckpointFile,
     opts: &CalibOptions,
     device: &Device,
 ) -> Result<CalibrationTable> {
-    let observer = Arc::new(HistogramObserver::default());
-    let (head, backbone, plan) = observed_model(file, observer.clone(), device)?;
+    calibrate_on(&[Source::Episodes(ds)], file, opts, device)
+}
+
+/// Run the observed float model over 1-shot training episodes; describe them.
+fn observe_episodes(
+    ds: &dyn FewShotDataset,
+    head: &Mce,
+    backbone: &AnyBackbone,
+    file: &CheckpointFile,
+    opts: &CalibOptions,
+    device: &Device,
+) -> Result<String> {
     let pool = ds.train_pool(opts.fold, opts.folds)?;
     let episodes = EpisodeSampler::new(opts.seed).episodes(&pool, 1, opts.episodes)?;
     let refs: Vec<_> = episodes
@@ -81,7 +103,7 @@ pub fn calibrate(
         .flat_map(|e| std::iter::once(e.query).chain(e.supports.iter().copied()))
         .collect();
     let size = file.config.image_size;
-    let store = FeatureStore::build(ds, &refs, &backbone, size, &[Variant::IDENTITY], device)?;
+    let store = FeatureStore::build(ds, &refs, backbone, size, &[Variant::IDENTITY], device)?;
     let bar = mce_train::features::progress(episodes.len() as u64, "calibrate head");
     for chunk in episodes.chunks(8) {
         let b = batch::assemble(&store, chunk, || 0, device)?;
@@ -89,7 +111,45 @@ pub fn calibrate(
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    let images = store_images(&refs);
+    Ok(format!(
+        "{} 1-shot episodes (seed {}) of the training classes of fold {}/{} of {}: {} images",
+        opts.episodes,
+        opts.seed,
+        opts.fold,
+        opts.folds,
+        ds.name(),
+        store_images(&refs)
+    ))
+}
+
+/// Collect statistics on every source and build the table (nothing written).
+pub fn calibrate_on(
+    sources: &[Source],
+    file: &CheckpointFile,
+    opts: &CalibOptions,
+    device: &Device,
+) -> Result<CalibrationTable> {
+    if sources.is_empty() {
+        bail!("nothing to calibrate on: give a dataset (--dataset, --root) and/or --frames with --exemplars");
+    }
+    let observer = Arc::new(HistogramObserver::default());
+    let (head, backbone, plan) = observed_model(file, observer.clone(), device)?;
+    let mut seen = Vec::new();
+    for source in sources {
+        seen.push(match source {
+            Source::Episodes(ds) => observe_episodes(*ds, &head, &backbone, file, opts, device)?,
+            Source::Frames(src) => {
+                let seg = Segmenter::new(
+                    file.config.clone(),
+                    backbone.clone(),
+                    head.clone(),
+                    device,
+                    true,
+                );
+                crate::frames::observe(&seg, src)?
+            }
+        });
+    }
     let histograms = observer.histograms();
     let mut layers = BTreeMap::new();
     for r in plan.records() {
@@ -114,14 +174,7 @@ pub fn calibrate(
         format: TABLE_FORMAT.into(),
         checkpoint: file.path.display().to_string(),
         method: opts.method,
-        source: format!(
-            "{} 1-shot episodes (seed {}) of the training classes of fold {}/{} of {}: {images} images",
-            opts.episodes,
-            opts.seed,
-            opts.fold,
-            opts.folds,
-            ds.name()
-        ),
+        source: seen.join("; "),
         layers,
     })
 }

@@ -3,12 +3,15 @@
 //! ```text
 //! mce-calib calibrate --checkpoint C --dataset msrc --root DIR --fold 0 --episodes 200 \
 //!                     --table calib/table.json --out model.int8.safetensors [--method percentile]
+//! mce-calib calibrate --checkpoint C --frames my_frames/ --exemplars my_exemplars/ \
+//!                     --table calib/table.json --out model.int8.safetensors   # your own data
 //! mce-calib quantize  --checkpoint QAT.safetensors --table calib/table.json --out qat.int8.safetensors
 //! mce-calib report    --checkpoint C --table T --artifact A [--qat-artifact Q] --dataset msrc --root DIR \
 //!                     --fold 0 --episodes 300 --seeds 0 --json calib/report.json --markdown calib/REPORT.md
 //! ```
 
-use crate::calibrate::{self, CalibOptions};
+use crate::calibrate::{self, CalibOptions, Source};
+use crate::frames::FrameSource;
 use crate::report::{self, ReportInputs};
 use anyhow::{Context, Result};
 use mce_core::quant::{CalibrationTable, Method};
@@ -19,7 +22,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Collect activation statistics on training-class episodes; write the table and the artifact.
+    /// Collect activation statistics on training-class episodes and/or your own frames; write the
+    /// table and the artifact.
     Calibrate(CalibrateArgs),
     /// Write an artifact for a (QAT) checkpoint with the scales of an existing table.
     Quantize(QuantizeArgs),
@@ -36,8 +40,18 @@ pub struct CalibrateArgs {
     /// Float checkpoint.
     #[arg(long)]
     pub checkpoint: PathBuf,
+    /// Calibrate on training episodes of this dataset (and/or on --frames).
     #[command(flatten)]
-    pub data: DatasetArgs,
+    pub data: Option<DatasetArgs>,
+    /// Calibrate on your own frames: the images in this folder (no labels needed).
+    #[arg(long, requires = "exemplars")]
+    pub frames: Option<PathBuf>,
+    /// Exemplars the frames are segmented against: `<class>/images/*` + `<class>/masks/*`.
+    #[arg(long, requires = "frames")]
+    pub exemplars: Option<PathBuf>,
+    /// At most this many frames, evenly spaced in name order.
+    #[arg(long)]
+    pub max_frames: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub fold: usize,
     /// Number of folds (default: the dataset's).
@@ -112,16 +126,33 @@ pub fn run(cmd: &Command) -> Result<()> {
     let device = compute_device()?;
     match cmd {
         Command::Calibrate(a) => {
-            let ds = a.data.open()?;
             let file = calibrate::read_checkpoint(&a.checkpoint, &device)?;
+            let ds = a.data.as_ref().map(DatasetArgs::open).transpose()?;
+            let frames = a.frames.as_ref().zip(a.exemplars.as_ref()).map(|(f, e)| {
+                FrameSource {
+                    frames: f.clone(),
+                    exemplars: e.clone(),
+                    max_frames: a.max_frames,
+                }
+            });
+            let mut sources = Vec::new();
+            if let Some(ds) = &ds {
+                sources.push(Source::Episodes(ds.as_ref()));
+            }
+            if let Some(f) = &frames {
+                sources.push(Source::Frames(f));
+            }
             let opts = CalibOptions {
                 fold: a.fold,
-                folds: a.folds.unwrap_or_else(|| ds.default_folds()),
+                folds: a
+                    .folds
+                    .or_else(|| ds.as_ref().map(|d| d.default_folds()))
+                    .unwrap_or(1),
                 episodes: a.episodes,
                 seed: a.seed,
                 method: a.method,
             };
-            let table = calibrate::calibrate(ds.as_ref(), &file, &opts, &device)?;
+            let table = calibrate::calibrate_on(&sources, &file, &opts, &device)?;
             table.save(&a.table)?;
             let kf = keep_float(&a.keep_float, file.config.backbone);
             let spec = calibrate::write_artifact(&a.out, &file, &table, None, &kf, &device)?;

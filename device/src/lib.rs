@@ -1,12 +1,18 @@
 //! # mce-device
 //!
-//! What runs on the edge board. Today: `segment` (one query from a few support exemplars) and
-//! `bench` (per-stage latency as JSON). The exemplar registry and the camera service come with their
-//! own issue.
+//! What runs on the edge board: an operator registers a few exemplars of an object, and the service
+//! segments that object in every camera frame from then on.
 //!
-//! Data flow of `segment`: image + mask files → [`mce_core::inference::Segmenter::exemplar`] (backbone
-//! features) → class encoding → per query: backbone once, MCE head per class → mask PNG and overlay
-//! ([`overlay`]).
+//! ```text
+//! register: image + mask ─▶ validate ─▶ backbone features ─▶ registry (atomic files + index.json)
+//! serve:    source (v4l2 / file) ─▶ latest-frame slot (stale frames dropped) ─▶ inference worker
+//!           (backbone once per frame, MCE head per class, cached exemplar features from the
+//!           registry) ─▶ overlay + results ─▶ HTTP (/healthz /metrics /frame.jpg /stream.mjpg /results)
+//! ```
+//!
+//! Modules: [`registry`] (crash-safe exemplar store), [`service`] (sources, pipeline, HTTP, systemd
+//! notify, `demo`), [`segment`] (one-shot CLI), [`bench`] (latency JSON), [`model`] (which model a
+//! command loads: float checkpoint, int8 artifact, or untrained head), [`overlay`] (drawing).
 
 pub mod bench;
 pub mod model;

@@ -247,7 +247,7 @@ fn fake_quantization_is_in_the_loop_and_gradients_pass_straight_through() {
             db < 80.0,
             "level {level}: int8 backbone equals float ({db} dB)"
         );
-        assert!(db > 10.0, "level {level}: int8 backbone SQNR {db:.1} dB");
+        assert!(db > 12.0, "level {level}: int8 backbone SQNR {db:.1} dB");
     }
 
     // The fake-quantized head on the same float features: different logits, close to float.
@@ -265,7 +265,7 @@ fn fake_quantization_is_in_the_loop_and_gradients_pass_straight_through() {
         .unwrap();
     assert!(max_diff > 1e-5, "QAT logits equal float: {max_diff}");
     let head_sqnr = sqnr_db(&lf, &lq).unwrap();
-    assert!(head_sqnr > 10.0, "QAT vs float logits: {head_sqnr} dB");
+    assert!(head_sqnr > 15.0, "QAT vs float logits: {head_sqnr} dB");
 
     // Gradients through the fake quantization (STE) reach every head variable and point the same
     // way as the float model's.
@@ -298,13 +298,13 @@ fn fake_quantization_is_in_the_loop_and_gradients_pass_straight_through() {
             nf += f64::from(*b).powi(2);
         }
     }
-    assert!(
-        nonzero * 10 >= vars.len() * 9,
-        "{nonzero} of {} variables have a gradient",
-        vars.len()
+    assert_eq!(
+        nonzero,
+        vars.len(),
+        "every head variable gets a non-zero gradient"
     );
     let cosine = dot / (nq.sqrt() * nf.sqrt());
-    assert!(cosine > 0.5, "QAT and float gradients: cosine {cosine:.3}");
+    assert!(cosine > 0.8, "QAT and float gradients: cosine {cosine:.3}");
     assert!(cosine < 1.0 - 1e-9, "QAT gradient equals the float one");
 }
 
