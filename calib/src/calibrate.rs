@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use mce_core::checkpoint::{self, CheckpointFile};
+use mce_core::inference::Segmenter;
 use mce_core::model::Mode;
 use mce_core::quant::artifact::{self, QuantSpec, SENSITIVE_LITE0};
 use mce_core::quant::layers::build_with;
@@ -23,7 +24,6 @@ use mce_core::quant::plan::{HistogramObserver, RecordPlan};
 use mce_core::quant::scale::sqnr_db;
 use mce_core::quant::table::TABLE_FORMAT;
 use mce_core::quant::{CalibrationTable, Method, QuantizedWeight};
-use mce_core::inference::Segmenter;
 use mce_core::{AnyBackbone, BackboneKind, Mce};
 use mce_train::data::{EpisodeSampler, FewShotDataset};
 use mce_train::features::FeatureStore;
@@ -139,13 +139,9 @@ pub fn calibrate_on(
         seen.push(match source {
             Source::Episodes(ds) => observe_episodes(*ds, &head, &backbone, file, opts, device)?,
             Source::Frames(src) => {
-                let seg = Segmenter::new(
-                    file.config.clone(),
-                    backbone.clone(),
-                    head.clone(),
-                    device,
-                    true,
-                );
+                // The segmenter owns its model: a second build sharing the observer.
+                let (h, b, _) = observed_model(file, observer.clone(), device)?;
+                let seg = Segmenter::new(file.config.clone(), b, h, device, true);
                 crate::frames::observe(&seg, src)?
             }
         });

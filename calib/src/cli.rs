@@ -15,7 +15,7 @@ use crate::frames::FrameSource;
 use crate::report::{self, ReportInputs};
 use anyhow::{Context, Result};
 use mce_core::quant::{CalibrationTable, Method};
-use mce_train::data::DatasetArgs;
+use mce_train::data::{DatasetArgs, DatasetKind, Protocol};
 use mce_train::eval::cli::compute_device;
 use mce_train::eval::EpisodeArgs;
 use std::path::PathBuf;
@@ -40,9 +40,21 @@ pub struct CalibrateArgs {
     /// Float checkpoint.
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Calibrate on training episodes of this dataset (and/or on --frames).
-    #[command(flatten)]
-    pub data: Option<DatasetArgs>,
+    /// Calibrate on training episodes of this dataset format (and/or on --frames).
+    #[arg(long, value_enum, requires = "root")]
+    pub dataset: Option<DatasetKind>,
+    /// Dataset root.
+    #[arg(long, requires = "dataset")]
+    pub root: Option<PathBuf>,
+    /// PASCAL: image list; FSS-1000: test-class list; COCO: instances json (images in --root).
+    #[arg(long, requires = "dataset")]
+    pub list: Option<PathBuf>,
+    /// COCO without --list: split to open (train or val).
+    #[arg(long, requires = "dataset")]
+    pub split: Option<String>,
+    /// Pixels a class needs to count in an image.
+    #[arg(long, default_value_t = Protocol::default().min_pixels)]
+    pub min_pixels: u64,
     /// Calibrate on your own frames: the images in this folder (no labels needed).
     #[arg(long, requires = "exemplars")]
     pub frames: Option<PathBuf>,
@@ -74,6 +86,19 @@ pub struct CalibrateArgs {
     /// Layers to keep in f32 (default: the backbone's sensitive layers; `none` for all int8).
     #[arg(long, value_delimiter = ',')]
     pub keep_float: Option<Vec<String>>,
+}
+
+impl CalibrateArgs {
+    /// The dataset flags, when a dataset was named.
+    pub fn dataset_args(&self) -> Option<DatasetArgs> {
+        Some(DatasetArgs {
+            dataset: self.dataset?,
+            root: self.root.clone()?,
+            list: self.list.clone(),
+            split: self.split.clone(),
+            min_pixels: self.min_pixels,
+        })
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -127,14 +152,20 @@ pub fn run(cmd: &Command) -> Result<()> {
     match cmd {
         Command::Calibrate(a) => {
             let file = calibrate::read_checkpoint(&a.checkpoint, &device)?;
-            let ds = a.data.as_ref().map(DatasetArgs::open).transpose()?;
-            let frames = a.frames.as_ref().zip(a.exemplars.as_ref()).map(|(f, e)| {
-                FrameSource {
+            let ds = a
+                .dataset_args()
+                .as_ref()
+                .map(DatasetArgs::open)
+                .transpose()?;
+            let frames = a
+                .frames
+                .as_ref()
+                .zip(a.exemplars.as_ref())
+                .map(|(f, e)| FrameSource {
                     frames: f.clone(),
                     exemplars: e.clone(),
                     max_frames: a.max_frames,
-                }
-            });
+                });
             let mut sources = Vec::new();
             if let Some(ds) = &ds {
                 sources.push(Source::Episodes(ds.as_ref()));

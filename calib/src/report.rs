@@ -2,7 +2,7 @@
 //! artifact (and the QAT artifact) on the same held-out test episodes of the fold, with per-layer
 //! scale, clipping rate and SQNR, artifact sizes and per-frame latency. JSON and markdown.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use mce_core::checkpoint::{self, CheckpointFile};
@@ -162,6 +162,15 @@ pub fn build(
     inputs: &ReportInputs,
     device: &Device,
 ) -> Result<Report> {
+    // Check the artifacts before the long evaluations.
+    for path in std::iter::once(inputs.artifact).chain(inputs.qat_artifact) {
+        if !artifact::is_quantized(path)? {
+            bail!(
+                "{}: not a quantized mce artifact (write one with `mce-calib calibrate` or `quantize`)",
+                path.display()
+            );
+        }
+    }
     let frames = Some(inputs.latency_frames);
     let file = checkpoint::read(inputs.checkpoint, device)
         .with_context(|| format!("reading {}", inputs.checkpoint.display()))?;

@@ -4,6 +4,7 @@
 //! * [`fake`]: fake quantization (quantize → dequantize) with a straight-through gradient.
 //! * [`scale`]: per-output-channel weight scales, activation histograms and the threshold methods
 //!   (max, percentile, minimum MSE, minimum KL).
+//! * [`kl`]: the KL divergence of one threshold (entropy calibration) from prefix sums.
 //! * [`layers`]: the hook every conv / linear layer carries, the plan that attaches hooks while a
 //!   model is built, and the per-layer execution choice (`QMatMul` or dequantized f32).
 //! * [`plan`]: plans for recording layers, calibration (histograms) and simulated int8 / QAT.
@@ -12,6 +13,7 @@
 
 pub mod artifact;
 pub mod fake;
+pub mod kl;
 pub mod layers;
 pub mod plan;
 pub mod scale;

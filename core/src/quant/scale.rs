@@ -3,6 +3,7 @@
 //! minimum KL divergence (TensorRT's entropy calibration).
 
 use super::fake::MIN_SCALE;
+use super::kl::{KlSearch, LEVELS};
 use super::QMAX;
 use candle_core::{Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
@@ -11,8 +12,6 @@ use std::str::FromStr;
 
 /// Bins of an activation histogram (TensorRT uses 2048).
 pub const BINS: usize = 2048;
-/// Quantization levels on one side of zero for the KL method (|x| histogram, int8).
-const KL_LEVELS: usize = 128;
 
 /// A weight quantized per output channel (dim 0): `w ≈ data · scales[channel]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,7 +79,7 @@ pub enum Method {
     /// The threshold minimising the expected squared error (clipping + rounding), from the histogram.
     Mse,
     /// TensorRT's entropy calibration: minimum KL(P ‖ Q) between the clipped histogram and its
-    /// 128-level quantization.
+    /// 128-level quantization ([`super::kl`]).
     Kl,
 }
 
@@ -222,22 +221,41 @@ impl Histogram {
             .sum()
     }
 
+    /// The bin edge `t = i·w` minimising [`Histogram::mse_at`], in O(bins): bins `j ≥ i` (centre above
+    /// `t`) are clipped, the rest round, so suffix sums of `c`, `c·x`, `c·x²` give each candidate's
+    /// error in O(1).
     fn min_mse(&self) -> f32 {
         let w = f64::from(self.bin_width());
         let last = ((f64::from(self.max) / w).ceil() as usize).clamp(1, BINS);
+        let (mut s0, mut s1, mut s2) = (
+            vec![0f64; BINS + 1],
+            vec![0f64; BINS + 1],
+            vec![0f64; BINS + 1],
+        );
+        for j in (0..BINS).rev() {
+            let (c, x) = (self.bins[j] as f64, self.center(j));
+            s0[j] = s0[j + 1] + c;
+            s1[j] = s1[j + 1] + c * x;
+            s2[j] = s2[j + 1] + c * x * x;
+        }
         (1..=last)
-            .map(|i| i as f64 * w)
-            .map(|t| (t, self.mse_at(t)))
+            .map(|i| {
+                let t = i as f64 * w;
+                let step = t / f64::from(QMAX);
+                let clipped = (s2[i] - 2.0 * t * s1[i] + t * t * s0[i]).max(0.0);
+                (t, clipped + (s0[0] - s0[i]) * step * step / 12.0)
+            })
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .map_or(self.max, |(t, _)| t as f32)
     }
 
     fn min_kl(&self) -> f32 {
         let w = self.bin_width();
-        let last = ((self.max / w).ceil() as usize).clamp(KL_LEVELS, BINS);
+        let last = ((self.max / w).ceil() as usize).clamp(LEVELS, BINS);
+        let search = KlSearch::new(&self.bins);
         let mut best = (f64::INFINITY, self.max);
-        for i in KL_LEVELS..=last {
-            let kl = kl_at(&self.bins, i);
+        for i in LEVELS..=last {
+            let kl = search.kl_at(i);
             if kl < best.0 {
                 best = (kl, i as f32 * w);
             }
@@ -272,39 +290,6 @@ impl Histogram {
         let noise = self.mse_at(f64::from(t));
         10.0 * (signal.max(1e-30) / noise.max(1e-30)).log10()
     }
-}
-
-/// KL(P ‖ Q) for the first `i` bins: P has the outliers (bins ≥ i) folded into its last bin, Q is
-/// P's first `i` bins merged into [`KL_LEVELS`] levels and spread back over their non-empty bins.
-fn kl_at(bins: &[u64], i: usize) -> f64 {
-    let mut p: Vec<f64> = bins[..i].iter().map(|&c| c as f64).collect();
-    p[i - 1] += bins[i..].iter().map(|&c| c as f64).sum::<f64>();
-    let mut q = vec![0f64; i];
-    for level in 0..KL_LEVELS {
-        let start = level * i / KL_LEVELS;
-        let end = ((level + 1) * i / KL_LEVELS).max(start + 1);
-        let total: f64 = bins[start..end].iter().map(|&c| c as f64).sum();
-        let nonzero = bins[start..end].iter().filter(|&&c| c > 0).count();
-        if nonzero > 0 {
-            for j in start..end {
-                if bins[j] > 0 {
-                    q[j] = total / nonzero as f64;
-                }
-            }
-        }
-    }
-    let (sp, sq) = (p.iter().sum::<f64>(), q.iter().sum::<f64>());
-    if sp == 0.0 || sq == 0.0 {
-        return f64::INFINITY;
-    }
-    p.iter()
-        .zip(&q)
-        .filter(|(&pp, _)| pp > 0.0)
-        .map(|(&pp, &qq)| {
-            let (pp, qq) = (pp / sp, (qq / sq).max(1e-12));
-            pp * (pp / qq).ln()
-        })
-        .sum()
 }
 
 /// The int8 scale of a threshold: `t / 127`.

@@ -53,12 +53,13 @@ impl CalibrationTable {
         methods: &[Method],
         method: Method,
     ) -> LayerCalibration {
-        let thresholds = methods
-            .iter()
-            .chain(std::iter::once(&method))
-            .map(|m| (m.to_string(), histogram.threshold(*m)))
-            .collect();
-        let t = histogram.threshold(method);
+        let mut thresholds = BTreeMap::new();
+        for m in methods.iter().chain(std::iter::once(&method)) {
+            thresholds
+                .entry(m.to_string())
+                .or_insert_with(|| histogram.threshold(*m));
+        }
+        let t = thresholds[&method.to_string()];
         LayerCalibration {
             kind,
             weight_shape,
@@ -71,13 +72,17 @@ impl CalibrationTable {
         }
     }
 
-    /// Input scales per layer for `method` (default: the table's own).
+    /// Input scales per layer for `method` (default: the table's own); thresholds the table
+    /// recorded are reused, others computed from the histogram.
     pub fn scales(&self, method: Option<Method>) -> HashMap<String, f32> {
         self.layers
             .iter()
             .map(|(name, l)| {
                 let s = match method {
-                    Some(m) if m != self.method => scale_of(l.histogram.threshold(m)),
+                    Some(m) if m != self.method => match l.thresholds.get(&m.to_string()) {
+                        Some(&t) => scale_of(t),
+                        None => scale_of(l.histogram.threshold(m)),
+                    },
                     _ => l.scale,
                 };
                 (name.clone(), s)
