@@ -50,10 +50,13 @@ pub enum Exec {
 /// Q8_0 block size: `QMatMul` needs the input width to be a multiple of it.
 pub const Q8_BLOCK: usize = 32;
 
-/// The CPU execution choice of a layer: `QMatMul` where the layer is a matmul whose input width is
-/// a multiple of the Q8_0 block, else dequantize at load.
+/// The CPU execution choice of a layer: `QMatMul` for linear layers (attention projections, whose
+/// tokens are already rows) whose input width is a multiple of the Q8_0 block; everything else is
+/// dequantized at load. 1×1 convolutions stay f32 although they are matmuls: they would pay two
+/// transposes around every `QMatMul` call, and with them the int8 model measured 449–479 ms per
+/// frame against 338–352 ms for float (EVAL.md).
 pub fn cpu_exec(kind: LayerKind, in_features: usize) -> Exec {
-    if kind.is_matmul() && in_features.is_multiple_of(Q8_BLOCK) {
+    if kind == LayerKind::Linear && in_features.is_multiple_of(Q8_BLOCK) {
         Exec::QMatMul
     } else {
         Exec::Dequantized
