@@ -83,11 +83,17 @@ fn check_complete(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Read and validate a checkpoint file (format, version, config, completeness).
-pub fn read(path: &Path, device: &Device) -> Result<CheckpointFile> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    check_complete(path, &bytes)?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+/// The metadata of one of our safetensors files, after checking that its `format` is `format`
+/// and its `format_version` is `version` (both removed from the map). `what` names the expected
+/// kind of file in the error, e.g. "an mce checkpoint".
+pub(crate) fn read_metadata(
+    path: &Path,
+    bytes: &[u8],
+    format: &str,
+    version: u32,
+    what: &str,
+) -> Result<BTreeMap<String, String>> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| ckpt_err(path, format!("corrupt safetensors file: {e:?}")))?;
     let mut info: BTreeMap<String, String> = meta
         .metadata()
@@ -95,22 +101,28 @@ pub fn read(path: &Path, device: &Device) -> Result<CheckpointFile> {
         .unwrap_or_default()
         .into_iter()
         .collect();
-    match info.remove("format").as_deref() {
-        Some(FORMAT) => {}
-        other => {
-            return Err(ckpt_err(
-                path,
-                format!("not an mce checkpoint (format metadata {other:?}, expected {FORMAT:?})"),
-            ))
-        }
-    }
-    let version = info.remove("format_version").unwrap_or_default();
-    if version != FORMAT_VERSION.to_string() {
+    let found = info.remove("format");
+    if found.as_deref() != Some(format) {
         return Err(ckpt_err(
             path,
-            format!("format version {version:?}, this build reads version {FORMAT_VERSION}"),
+            format!("not {what} (format metadata {found:?}, expected {format:?})"),
         ));
     }
+    let found = info.remove("format_version").unwrap_or_default();
+    if found != version.to_string() {
+        return Err(ckpt_err(
+            path,
+            format!("format version {found:?}, this build reads version {version}"),
+        ));
+    }
+    Ok(info)
+}
+
+/// Read and validate a checkpoint file (format, version, config, completeness).
+pub fn read(path: &Path, device: &Device) -> Result<CheckpointFile> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    check_complete(path, &bytes)?;
+    let mut info = read_metadata(path, &bytes, FORMAT, FORMAT_VERSION, "an mce checkpoint")?;
     let config_json = info
         .remove("config")
         .ok_or_else(|| ckpt_err(path, "no config in metadata"))?;

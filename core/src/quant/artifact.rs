@@ -14,7 +14,7 @@ use super::layers::{build_with, cpu_exec, q8_matmul, Exec, LayerHook, LayerInfo,
 use super::plan::{LayerRecord, RecordPlan};
 use super::scale::{Method, QuantizedWeight};
 use crate::backbone::AnyBackbone;
-use crate::checkpoint::{write_atomic, CheckpointFile, BACKBONE_PREFIX};
+use crate::checkpoint::{read_metadata, write_atomic, CheckpointFile, BACKBONE_PREFIX};
 use crate::config::MceConfig;
 use crate::error::{Error, Result};
 use crate::model::Mce;
@@ -289,30 +289,13 @@ pub fn load(path: &Path, device: &Device, opts: LoadOptions) -> Result<Quantized
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| err(path, format!("corrupt safetensors file: {e:?}")))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| err(path, format!("corrupt safetensors file: {e:?}")))?;
-    let mut info: BTreeMap<String, String> = meta
-        .metadata()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    match info.remove("format").as_deref() {
-        Some(FORMAT) => {}
-        other => {
-            return Err(err(
-                path,
-                format!("not a quantized mce artifact (format {other:?}, expected {FORMAT:?})"),
-            ))
-        }
-    }
-    let version = info.remove("format_version").unwrap_or_default();
-    if version != FORMAT_VERSION.to_string() {
-        return Err(err(
-            path,
-            format!("artifact version {version:?}, this build reads version {FORMAT_VERSION}"),
-        ));
-    }
+    let mut info = read_metadata(
+        path,
+        &bytes,
+        FORMAT,
+        FORMAT_VERSION,
+        "a quantized mce artifact",
+    )?;
     let config: MceConfig = serde_json::from_str(&info.remove("config").unwrap_or_default())
         .map_err(|e| err(path, format!("invalid config metadata: {e}")))?;
     config.validate().map_err(|e| err(path, e.to_string()))?;
