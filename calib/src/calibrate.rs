@@ -23,7 +23,7 @@ use mce_core::quant::layers::build_with;
 use mce_core::quant::plan::{HistogramObserver, RecordPlan};
 use mce_core::quant::scale::sqnr_db;
 use mce_core::quant::table::TABLE_FORMAT;
-use mce_core::quant::{CalibrationTable, Method, QuantizedWeight};
+use mce_core::quant::{timing, CalibrationTable, Exec, Method, QuantizedWeight};
 use mce_core::{AnyBackbone, BackboneKind, Mce};
 use mce_train::data::{EpisodeSampler, FewShotDataset};
 use mce_train::features::FeatureStore;
@@ -190,6 +190,15 @@ pub fn default_keep_float(kind: BackboneKind) -> Vec<String> {
     }
 }
 
+/// How the artifact's per-layer execution (`QMatMul` or dequantized f32) is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExecChoice {
+    /// Time both on this CPU with the model's own layer inputs; `QMatMul` only where faster.
+    Measured,
+    /// The fixed rule: `QMatMul` for every linear layer whose width is a multiple of 32.
+    Rule,
+}
+
 /// Write the artifact of `file` with the table's scales of `method` (default: the table's).
 pub fn write_artifact(
     out: &Path,
@@ -197,6 +206,7 @@ pub fn write_artifact(
     table: &CalibrationTable,
     method: Option<Method>,
     keep_float: &[String],
+    exec: ExecChoice,
     device: &Device,
 ) -> Result<QuantSpec> {
     let method = method.unwrap_or(table.method);
@@ -208,8 +218,28 @@ pub fn write_artifact(
         ),
         ("calibration".to_string(), table.source.clone()),
     ]);
-    artifact::write_from_checkpoint(out, file, &scales, method, keep_float, &extra, device)
-        .with_context(|| format!("writing {}", out.display()))
+    let timings = match exec {
+        ExecChoice::Measured => Some(
+            timing::measure(file, device)
+                .with_context(|| format!("timing the layers of {}", file.path.display()))?,
+        ),
+        ExecChoice::Rule => None,
+    };
+    if let Some(t) = &timings {
+        let fast = t.values().filter(|t| t.choice() == Exec::QMatMul).count();
+        tracing::info!("{fast} of {} linear layers run faster as QMatMul", t.len());
+    }
+    artifact::write_from_checkpoint(
+        out,
+        file,
+        &scales,
+        method,
+        keep_float,
+        timings.as_ref(),
+        &extra,
+        device,
+    )
+    .with_context(|| format!("writing {}", out.display()))
 }
 
 /// Read a float checkpoint.

@@ -10,7 +10,7 @@
 //!                     --fold 0 --episodes 300 --seeds 0 --json calib/report.json --markdown calib/REPORT.md
 //! ```
 
-use crate::calibrate::{self, CalibOptions, Source};
+use crate::calibrate::{self, CalibOptions, ExecChoice, Source};
 use crate::frames::FrameSource;
 use crate::report::{self, ReportInputs};
 use anyhow::{Context, Result};
@@ -86,6 +86,9 @@ pub struct CalibrateArgs {
     /// Layers to keep in f32 (default: the backbone's sensitive layers; `none` for all int8).
     #[arg(long, value_delimiter = ',')]
     pub keep_float: Option<Vec<String>>,
+    /// How each layer's execution (`QMatMul` or f32) is chosen.
+    #[arg(long, value_enum, default_value_t = ExecChoice::Measured)]
+    pub exec: ExecChoice,
 }
 
 impl CalibrateArgs {
@@ -114,6 +117,9 @@ pub struct QuantizeArgs {
     pub out: PathBuf,
     #[arg(long, value_delimiter = ',')]
     pub keep_float: Option<Vec<String>>,
+    /// How each layer's execution (`QMatMul` or f32) is chosen.
+    #[arg(long, value_enum, default_value_t = ExecChoice::Measured)]
+    pub exec: ExecChoice,
 }
 
 #[derive(Debug, clap::Args)]
@@ -186,7 +192,8 @@ pub fn run(cmd: &Command) -> Result<()> {
             let table = calibrate::calibrate_on(&sources, &file, &opts, &device)?;
             table.save(&a.table)?;
             let kf = keep_float(&a.keep_float, file.config.backbone);
-            let spec = calibrate::write_artifact(&a.out, &file, &table, None, &kf, &device)?;
+            let spec =
+                calibrate::write_artifact(&a.out, &file, &table, None, &kf, a.exec, &device)?;
             println!(
                 "calibrated {} layers on {}; table {}; artifact {} ({} layers, {} bytes)",
                 table.layers.len(),
@@ -201,7 +208,8 @@ pub fn run(cmd: &Command) -> Result<()> {
             let file = calibrate::read_checkpoint(&a.checkpoint, &device)?;
             let table = CalibrationTable::load(&a.table)?;
             let kf = keep_float(&a.keep_float, file.config.backbone);
-            let spec = calibrate::write_artifact(&a.out, &file, &table, a.method, &kf, &device)?;
+            let spec =
+                calibrate::write_artifact(&a.out, &file, &table, a.method, &kf, a.exec, &device)?;
             println!("wrote {} ({} layers)", a.out.display(), spec.layers.len());
         }
         Command::Report(a) => {

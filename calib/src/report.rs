@@ -11,6 +11,7 @@ use mce_core::preprocess::{load_mask, load_rgb, MaskEncoding};
 use mce_core::quant::artifact::{self, LoadOptions};
 use mce_core::quant::layers::build_with;
 use mce_core::quant::plan::SimulatePlan;
+use mce_core::quant::timing::LayerTiming;
 use mce_core::quant::{CalibrationTable, Method};
 use mce_core::{AnyBackbone, Mce, MceConfig};
 use mce_train::data::FewShotDataset;
@@ -42,6 +43,8 @@ pub struct LayerRow {
     pub input_sqnr_db: f64,
     pub weight_sqnr_db: f64,
     pub exec: String,
+    /// The timing that chose `exec` (µs per call, f32 vs `QMatMul`), when it was measured.
+    pub timing: Option<LayerTiming>,
     pub weight_dtype: String,
 }
 
@@ -70,25 +73,38 @@ fn asset(name: &str) -> PathBuf {
     models_dir().join("../assets/msrc").join(name)
 }
 
-/// Median ms per frame of `segment` on the bundled bicycle photo (exemplar `8_10_s`, 1 class).
-pub fn latency_ms(seg: &Segmenter, frames: usize) -> Result<f64> {
+/// Median ms per frame of `segment` on the bundled bicycle photo (exemplar `8_10_s`, 1 class) for
+/// each segmenter. They are timed in turn, frame by frame, with the one that goes first rotating, so
+/// a change of load on the machine hits every variant alike.
+pub fn interleaved_latency_ms(segs: &[&Segmenter], frames: usize) -> Result<Vec<f64>> {
     let ex_img = load_rgb(asset("8_10_s.png"))?;
     let ex_mask = load_mask(asset("8_10_s_GT.png"), MaskEncoding::ClassIndex(12))?;
-    let ex = seg.exemplar(&ex_img, &ex_mask, &asset("8_10_s.png"))?;
-    let class = seg.encode_class(&[ex])?;
     let frame = load_rgb(asset("8_13_s.png"))?;
-    for _ in 0..2 {
-        seg.segment(&frame, &[&class])?;
+    let classes = segs
+        .iter()
+        .map(|seg| seg.encode_class(&[seg.exemplar(&ex_img, &ex_mask, &asset("8_10_s.png"))?]))
+        .collect::<mce_core::Result<Vec<_>>>()?;
+    for (seg, class) in segs.iter().zip(&classes) {
+        for _ in 0..2 {
+            seg.segment(&frame, &[class])?;
+        }
     }
-    let mut times: Vec<f64> = (0..frames.max(1))
-        .map(|_| {
+    let mut times = vec![Vec::new(); segs.len()];
+    for round in 0..frames.max(1) {
+        for j in 0..segs.len() {
+            let i = (round + j) % segs.len();
             let t = Instant::now();
-            seg.segment(&frame, &[&class])
-                .map(|_| t.elapsed().as_secs_f64() * 1e3)
+            segs[i].segment(&frame, &[&classes[i]])?;
+            times[i].push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
         })
-        .collect::<mce_core::Result<_>>()?;
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+        .collect())
 }
 
 /// The float model of `file` with simulated int8 (fake-quantized weights and inputs) at `method`.
@@ -123,19 +139,13 @@ fn score(
     name: &str,
     description: String,
     file: Option<&Path>,
-    frames: Option<usize>,
+    timed: bool,
     device: &Device,
-) -> Result<VariantResult> {
+) -> Result<(VariantResult, Option<Segmenter>)> {
     let lists = seed_episodes(ds, opts)?;
     let store = build_store(ds, &lists, &backbone, config.image_size, device)?;
     let r = evaluate(ds, &head, &store, opts)?;
-    let latency = match frames {
-        Some(n) => {
-            let seg = Segmenter::new(config.clone(), backbone, head, device, true);
-            Some(latency_ms(&seg, n)?)
-        }
-        None => None,
-    };
+    let timed = timed.then(|| Segmenter::new(config.clone(), backbone, head, device, true));
     let v = VariantResult {
         name: name.into(),
         description,
@@ -144,15 +154,10 @@ fn score(
         file_bytes: file
             .and_then(|p| std::fs::metadata(p).ok())
             .map(|m| m.len()),
-        latency_ms: latency,
+        latency_ms: None,
     };
-    tracing::info!(
-        "{name}: mIoU {:.2} FB-IoU {:.2} latency {:?} ms",
-        v.miou,
-        v.fb_iou,
-        v.latency_ms
-    );
-    Ok(v)
+    tracing::info!("{name}: mIoU {:.2} FB-IoU {:.2}", v.miou, v.fb_iou);
+    Ok((v, timed))
 }
 
 /// Evaluate every variant on the same episodes.
@@ -171,13 +176,19 @@ pub fn build(
             );
         }
     }
-    let frames = Some(inputs.latency_frames);
     let file = checkpoint::read(inputs.checkpoint, device)
         .with_context(|| format!("reading {}", inputs.checkpoint.display()))?;
     let cfg = file.config.clone();
     let mut variants = Vec::new();
+    let mut timed = Vec::new();
+    let mut push = |(v, seg): (VariantResult, Option<Segmenter>)| {
+        if let Some(seg) = seg {
+            timed.push((variants.len(), seg));
+        }
+        variants.push(v);
+    };
     let m = checkpoint::load(inputs.checkpoint, device)?;
-    variants.push(score(
+    push(score(
         ds,
         opts,
         &cfg,
@@ -186,12 +197,12 @@ pub fn build(
         "float",
         "f32 checkpoint".into(),
         Some(inputs.checkpoint),
-        frames,
+        true,
         device,
     )?);
     for method in crate::calibrate::METHODS {
         let (head, backbone) = simulated(&file, inputs.table, method, &inputs.keep_float, device)?;
-        variants.push(score(
+        push(score(
             ds,
             opts,
             &cfg,
@@ -200,7 +211,7 @@ pub fn build(
             &format!("int8-sim {method}"),
             format!("simulated static int8: per-channel weights, per-tensor inputs ({method})"),
             None,
-            None,
+            false,
             device,
         )?);
     }
@@ -213,7 +224,7 @@ pub fn build(
             (
                 " (device: i8 weights, Q8_0 QMatMul)",
                 LoadOptions::default(),
-                frames,
+                true,
             ),
             (
                 " (simulated static int8 inputs)",
@@ -221,12 +232,12 @@ pub fn build(
                     quantized_matmul: false,
                     simulate_activations: true,
                 },
-                None,
+                false,
             ),
         ] {
             let a = artifact::load(path, device, opts_load)
                 .with_context(|| format!("loading {}", path.display()))?;
-            variants.push(score(
+            push(score(
                 ds,
                 opts,
                 &a.config,
@@ -239,6 +250,11 @@ pub fn build(
                 device,
             )?);
         }
+    }
+    let segs: Vec<&Segmenter> = timed.iter().map(|(_, s)| s).collect();
+    let ms = interleaved_latency_ms(&segs, inputs.latency_frames)?;
+    for ((i, _), ms) in timed.iter().zip(ms) {
+        variants[*i].latency_ms = Some(ms);
     }
     let spec = artifact::load(inputs.artifact, device, LoadOptions::default())?.spec;
     let layers = inputs
@@ -255,6 +271,7 @@ pub fn build(
                 .layers
                 .get(name)
                 .map_or("-".into(), |s| format!("{:?}", s.exec)),
+            timing: spec.layers.get(name).and_then(|s| s.timing),
             weight_dtype: spec
                 .layers
                 .get(name)
@@ -276,7 +293,7 @@ pub fn build(
         layers,
         latency_note: format!(
             "median of {} frames of Segmenter::segment (320², backbone + query + 1 class) on {}, \
-             {} threads; timed on a shared machine",
+             {} threads; the variants timed in turn, frame by frame",
             inputs.latency_frames,
             if device.is_cpu() { "CPU" } else { "GPU" },
             std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -313,10 +330,19 @@ pub fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---|---|");
     for l in &r.layers {
+        let exec = match l.timing {
+            Some(t) => format!(
+                "{} (f32 {:.0} µs, QMatMul {:.0} µs)",
+                l.exec,
+                t.f32_ns as f64 / 1e3,
+                t.qmatmul_ns as f64 / 1e3
+            ),
+            None => l.exec.clone(),
+        };
         let _ = writeln!(
             s,
-            "| {} | {:.4e} | {:.2e} | {:.1} | {:.1} | {} | {} |",
-            l.name, l.scale, l.clip_rate, l.input_sqnr_db, l.weight_sqnr_db, l.weight_dtype, l.exec
+            "| {} | {:.4e} | {:.2e} | {:.1} | {:.1} | {} | {exec} |",
+            l.name, l.scale, l.clip_rate, l.input_sqnr_db, l.weight_sqnr_db, l.weight_dtype
         );
     }
     s

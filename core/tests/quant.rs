@@ -7,7 +7,7 @@ use mce_core::checkpoint::{CheckpointFile, BACKBONE_PREFIX};
 use mce_core::inference::{lite0_weights_path, models_dir, Segmenter};
 use mce_core::model::Mode;
 use mce_core::preprocess::{load_mask, load_rgb, MaskEncoding};
-use mce_core::quant::artifact::{self, LoadOptions};
+use mce_core::quant::artifact::{self, record_layers, LoadOptions};
 use mce_core::quant::layers::{build_with, Exec};
 use mce_core::quant::plan::{HistogramObserver, RecordPlan};
 use mce_core::quant::scale::{sqnr_db, BINS};
@@ -183,6 +183,7 @@ fn artifact_round_trip_and_quantized_logits_stay_close_to_float() {
         &scales,
         Method::Max,
         &artifact::SENSITIVE_LITE0.map(String::from),
+        None,
         &BTreeMap::from([("note".to_string(), "test".to_string())]),
         &Device::Cpu,
     )
@@ -274,4 +275,50 @@ fn a_float_checkpoint_or_broken_file_is_not_loaded_as_an_artifact() {
         .unwrap()
         .to_string();
     assert!(err.contains("bad.safetensors"), "{err}");
+}
+
+/// The measured execution choice: every linear candidate is timed on its real input, the choice
+/// follows the timing, convolutions are never candidates, and the timing is recorded per layer.
+#[test]
+fn measured_exec_choice_follows_the_timings_and_is_recorded() {
+    let file = float_checkpoint(tmp("timed_float.safetensors"));
+    let timings = mce_core::quant::timing::measure(&file, &Device::Cpu).unwrap();
+    assert!(
+        timings.contains_key("cross.0.query_q"),
+        "{:?}",
+        timings.keys()
+    );
+    assert!(!timings.contains_key("decoder.cls"));
+    assert!(timings.keys().all(|k| !k.starts_with("backbone.")));
+    for t in timings.values() {
+        assert!(
+            t.f32_ns > 0 && t.qmatmul_ns > 0 && t.f32_ns < u64::MAX,
+            "{t:?}"
+        );
+    }
+    let scales: HashMap<String, f32> = record_layers(&file, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.name, 0.05))
+        .collect();
+    let path = tmp("timed.int8.safetensors");
+    let spec = artifact::write_from_checkpoint(
+        &path,
+        &file,
+        &scales,
+        Method::Max,
+        &[],
+        Some(&timings),
+        &BTreeMap::new(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    for (name, t) in &timings {
+        assert_eq!(spec.layers[name].exec, t.choice(), "{name}");
+        assert_eq!(spec.layers[name].timing, Some(*t), "{name}");
+    }
+    assert_eq!(spec.layers["decoder.cls"].timing, None);
+    assert_eq!(spec.layers["decoder.cls"].exec, Exec::Dequantized);
+    let loaded = artifact::load(&path, &Device::Cpu, LoadOptions::default()).unwrap();
+    assert_eq!(loaded.spec, spec);
 }

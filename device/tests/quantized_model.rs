@@ -60,6 +60,7 @@ fn models(dir: &Path) -> (PathBuf, PathBuf) {
         &scales,
         Method::Max,
         &SENSITIVE_LITE0.map(String::from),
+        None,
         &BTreeMap::new(),
         &Device::Cpu,
     )

@@ -211,6 +211,7 @@ fn fake_quantization_is_in_the_loop_and_gradients_pass_straight_through() {
         from: &s.float,
         calibration: &s.table,
         keep_float: artifact::SENSITIVE_LITE0.map(String::from).to_vec(),
+        fake_quant: true,
     };
     let model = QatModel::new(&inputs, &Device::Cpu).unwrap();
 
@@ -316,6 +317,7 @@ fn a_qat_run_moves_the_head_and_quantizes_for_the_device() {
         from: &s.float,
         calibration: &s.table,
         keep_float: artifact::SENSITIVE_LITE0.map(String::from).to_vec(),
+        fake_quant: true,
     };
     let path = qat(&s.ds, &train_config(3), &inputs, &out, &Device::Cpu).unwrap();
     assert_eq!(path, out.join("qat.safetensors"));
@@ -359,6 +361,7 @@ fn a_qat_run_moves_the_head_and_quantizes_for_the_device() {
         &table.scales(None),
         table.method,
         &inputs.keep_float,
+        None,
         &BTreeMap::new(),
         &Device::Cpu,
     )
@@ -406,6 +409,7 @@ fn a_table_of_another_model_or_a_missing_checkpoint_is_refused_by_name() {
             from: &s.float,
             calibration: &other,
             keep_float: vec![],
+            fake_quant: true,
         },
         &Device::Cpu,
     )
@@ -422,6 +426,7 @@ fn a_table_of_another_model_or_a_missing_checkpoint_is_refused_by_name() {
             from: &s.float,
             calibration: &other,
             keep_float: vec![],
+            fake_quant: true,
         },
         &Device::Cpu,
     )
@@ -439,6 +444,7 @@ fn a_table_of_another_model_or_a_missing_checkpoint_is_refused_by_name() {
             from: &missing,
             calibration: &s.table,
             keep_float: vec![],
+            fake_quant: true,
         },
         &Device::Cpu,
     )
@@ -446,4 +452,45 @@ fn a_table_of_another_model_or_a_missing_checkpoint_is_refused_by_name() {
     .expect("a missing checkpoint must be refused")
     .to_string();
     assert!(err.contains("no_such_checkpoint.safetensors"), "{err}");
+}
+
+/// The float control of QAT: the same model without fake quantization gives exactly the float
+/// checkpoint's features and logits, and its fine-tune writes `control.safetensors`.
+#[test]
+fn qat_control_is_the_float_model() {
+    let s = setup();
+    let inputs = QatInputs {
+        from: &s.float,
+        calibration: &s.table,
+        keep_float: vec![],
+        fake_quant: false,
+    };
+    let control = QatModel::new(&inputs, &Device::Cpu).unwrap();
+    let file = checkpoint::read(&s.float, &Device::Cpu).unwrap();
+    let float_backbone = checkpoint::backbone_from(&file, &Device::Cpu).unwrap();
+    let float_head = checkpoint::load(&s.float, &Device::Cpu).unwrap().head;
+    let b = episode_batch(&s.ds, &float_backbone, 1);
+    let lc = control
+        .head
+        .forward(&b.query, &b.shots, Mode::Eval)
+        .unwrap();
+    let lf = float_head.forward(&b.query, &b.shots, Mode::Eval).unwrap();
+    let diff = (&lc - &lf).unwrap().abs().unwrap().max_all().unwrap();
+    assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    let cb = episode_batch(&s.ds, &control.backbone, 1);
+    let d = (&cb.query.level4 - &b.query.level4)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
+    assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+    let out = s.dir.join("control_run");
+    let path = qat(&s.ds, &train_config(2), &inputs, &out, &Device::Cpu).unwrap();
+    assert_eq!(path, out.join("control.safetensors"));
+    let meta = checkpoint::read(&path, &Device::Cpu).unwrap();
+    assert_eq!(
+        meta.extra.get("qat_fake_quant").map(String::as_str),
+        Some("false")
+    );
 }

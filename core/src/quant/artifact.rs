@@ -13,6 +13,7 @@ use super::layers::QuantPlan;
 use super::layers::{build_with, cpu_exec, q8_matmul, Exec, LayerHook, LayerInfo, LayerKind};
 use super::plan::{LayerRecord, RecordPlan};
 use super::scale::{Method, QuantizedWeight};
+use super::timing::{ExecTimings, LayerTiming};
 use crate::backbone::AnyBackbone;
 use crate::checkpoint::{read_metadata, write_atomic, CheckpointFile, BACKBONE_PREFIX};
 use crate::config::MceConfig;
@@ -44,6 +45,9 @@ pub struct LayerSpec {
     pub exec: Exec,
     /// `i8` (per-channel) or `f32` (a layer kept in float, see [`SENSITIVE_LITE0`]).
     pub weight_dtype: String,
+    /// What decided `exec` when it was measured ([`super::timing`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<LayerTiming>,
 }
 
 /// Lite0 layers kept in f32 by default: int8 weights in these two depthwise convs alone (stride 2,
@@ -118,13 +122,17 @@ pub fn record_layers(file: &CheckpointFile, device: &Device) -> Result<Vec<Layer
 /// Quantize the float checkpoint `file` with the input `scales` (per layer name) into an artifact
 /// at `path`. Layers without a scale are left out: allowed for backbone layers the features never
 /// run (EfficientNet's classifier head), an error for head layers. Returns the spec written.
-/// Layers named in `keep_float` keep f32 weights (mixed precision, recorded per layer).
+/// Layers named in `keep_float` keep f32 weights (mixed precision, recorded per layer). With
+/// `timings` ([`super::timing::measure`]) a layer runs as `QMatMul` only where that measured faster;
+/// without, by the rule of [`cpu_exec`].
+#[allow(clippy::too_many_arguments)]
 pub fn write_from_checkpoint(
     path: &Path,
     file: &CheckpointFile,
     scales: &HashMap<String, f32>,
     method: Method,
     keep_float: &[String],
+    timings: Option<&ExecTimings>,
     extra: &BTreeMap<String, String>,
     device: &Device,
 ) -> Result<QuantSpec> {
@@ -162,18 +170,20 @@ pub fn write_from_checkpoint(
         if let Some(b) = &r.bias {
             raws.insert(format!("{}.bias", r.name), raw_f32(b)?);
         }
+        let timing = timings.and_then(|t| t.get(&r.name)).copied();
         layers.insert(
             r.name.clone(),
             LayerSpec {
                 kind: r.kind,
                 weight_shape: r.weight.dims().to_vec(),
                 input_scale,
-                exec: if float {
-                    Exec::Dequantized
-                } else {
-                    cpu_exec(r.kind, r.in_features())
+                exec: match (float, timing) {
+                    (true, _) => Exec::Dequantized,
+                    (false, Some(t)) => t.choice(),
+                    (false, None) => cpu_exec(r.kind, r.in_features()),
                 },
                 weight_dtype: if float { "f32" } else { "i8" }.into(),
+                timing,
             },
         );
     }

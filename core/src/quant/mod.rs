@@ -9,6 +9,7 @@
 //!   model is built, and the per-layer execution choice (`QMatMul` or dequantized f32).
 //! * [`plan`]: plans for recording layers, calibration (histograms) and simulated int8 / QAT.
 //! * [`table`]: the calibration table (JSON).
+//! * [`timing`]: the measured per-layer choice between `QMatMul` and f32 on this CPU.
 //! * [`artifact`]: the quantized artifact (safetensors with i8 weights, `format = "mce-quantized"`).
 
 pub mod artifact;
@@ -18,6 +19,7 @@ pub mod layers;
 pub mod plan;
 pub mod scale;
 pub mod table;
+pub mod timing;
 
 /// Largest int8 magnitude used (symmetric: −127…127).
 pub const QMAX: f32 = 127.0;

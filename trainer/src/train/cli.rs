@@ -84,6 +84,10 @@ pub struct TrainArgs {
     /// (writes `<out>/qat.safetensors`; `mce-calib quantize` makes its int8 artifact).
     #[arg(long, requires_all = ["from", "calibration"])]
     pub qat: bool,
+    /// With --qat: run the same fine-tune without fake quantization (the float control; writes
+    /// `<out>/control.safetensors`).
+    #[arg(long, requires = "qat")]
+    pub qat_control: bool,
     /// The float checkpoint QAT starts from.
     #[arg(long)]
     pub from: Option<PathBuf>,
@@ -161,10 +165,16 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             from,
             calibration,
             keep_float,
+            fake_quant: !args.qat_control,
         };
         let path = super::qat::qat(ds.as_ref(), &cfg, &inputs, &args.out, &device)?;
         println!(
-            "QAT: {} steps from {}; wrote {}",
+            "{}: {} steps from {}; wrote {}",
+            if args.qat_control {
+                "QAT control (no fake quantization)"
+            } else {
+                "QAT"
+            },
             cfg.steps,
             from.display(),
             path.display()

@@ -41,6 +41,20 @@ pub struct QatInputs<'a> {
     pub calibration: &'a Path,
     /// Layers whose weights stay f32 (as in the artifact).
     pub keep_float: Vec<String>,
+    /// `false` runs the very same fine-tune (episodes, seeds, schedule) without fake quantization:
+    /// the float control that tells what QAT changed from what more training changed.
+    pub fake_quant: bool,
+}
+
+impl QatInputs<'_> {
+    /// The file the fine-tune writes into its run folder.
+    pub fn output_name(&self) -> &'static str {
+        if self.fake_quant {
+            "qat.safetensors"
+        } else {
+            "control.safetensors"
+        }
+    }
 }
 
 /// The model QAT trains: the float checkpoint's head as variables, built under a [`SimulatePlan`]
@@ -102,8 +116,11 @@ impl QatModel {
         let table = CalibrationTable::load(inputs.calibration)?;
         check_table(&file, &table, inputs.calibration, device)?;
         let plan = Arc::new(SimulatePlan {
-            input_scales: table.scales(None),
-            fake_weights: true,
+            input_scales: match inputs.fake_quant {
+                true => table.scales(None),
+                false => HashMap::new(),
+            },
+            fake_weights: inputs.fake_quant,
             keep_float: inputs.keep_float.clone(),
         });
         let varmap = VarMap::new();
@@ -178,7 +195,8 @@ pub fn schedule(pool: &ClassPool, cfg: &TrainConfig) -> Result<Vec<Vec<Episode>>
 }
 
 /// Fine-tune with fake quantization for `cfg.steps` steps; writes `out/qat.safetensors` (float
-/// weights; quantize them with the same table). Returns that path.
+/// weights; quantize them with the same table), or `out/control.safetensors` for the float control
+/// ([`QatInputs::fake_quant`] off). Returns that path.
 pub fn qat(
     ds: &dyn FewShotDataset,
     cfg: &TrainConfig,
@@ -240,7 +258,7 @@ pub fn qat(
         bar.inc(1);
     }
     bar.finish();
-    let path = out.join("qat.safetensors");
+    let path = out.join(inputs.output_name());
     let extra = BTreeMap::from([
         ("qat_from".to_string(), inputs.from.display().to_string()),
         (
@@ -248,6 +266,7 @@ pub fn qat(
             inputs.calibration.display().to_string(),
         ),
         ("qat_steps".to_string(), cfg.steps.to_string()),
+        ("qat_fake_quant".to_string(), inputs.fake_quant.to_string()),
         ("qat_final_loss".to_string(), last_loss.to_string()),
         ("qat_lr".to_string(), cfg.sgd.lr.to_string()),
         ("qat_batch".to_string(), cfg.batch.to_string()),
