@@ -5,12 +5,12 @@
 
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
-use image::{GrayImage, Luma, Rgb, RgbImage};
 use mce_core::checkpoint;
 use mce_core::inference::lite0_weights_path;
 use mce_core::quant::artifact::{self, LoadOptions};
 use mce_core::quant::{is_quantized, Method};
 use mce_core::{Mce, MceConfig};
+use mce_testkit::SquareFolders;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,29 +18,12 @@ use std::process::Command;
 
 /// 4 classes × 5 images: a coloured square on a noisy background, exact binary masks.
 fn fixture(root: &Path) {
-    let colours = [[220, 30, 30], [30, 200, 40], [40, 60, 230], [230, 220, 30]];
-    for (c, colour) in colours.iter().enumerate() {
-        let dir = root.join(format!("class{c}"));
-        std::fs::create_dir_all(dir.join("images")).unwrap();
-        std::fs::create_dir_all(dir.join("masks")).unwrap();
-        for i in 0..5u32 {
-            let (x0, y0, side) = (4 + 5 * i, 3 + 3 * i, 40 + 3 * i);
-            let inside =
-                |x: u32, y: u32| (x0..x0 + side).contains(&x) && (y0..y0 + side).contains(&y);
-            let img = RgbImage::from_fn(96, 72, |x, y| {
-                if inside(x, y) {
-                    Rgb(*colour)
-                } else {
-                    let n = ((x * 31 + y * 17 + i * 7) % 50) as u8;
-                    Rgb([90 + n, 90 + n, 90 + n])
-                }
-            });
-            let mask =
-                GrayImage::from_fn(96, 72, |x, y| Luma([if inside(x, y) { 255 } else { 0 }]));
-            img.save(dir.join(format!("images/{i}.png"))).unwrap();
-            mask.save(dir.join(format!("masks/{i}.png"))).unwrap();
-        }
+    SquareFolders {
+        images: 5,
+        size: (96, 72),
+        side: (40, 3),
     }
+    .write(root);
 }
 
 /// A float checkpoint: seeded head of a tiny config (64² input) and the bundled Lite0 backbone.

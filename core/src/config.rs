@@ -87,6 +87,11 @@ pub struct MceConfig {
     /// Absent from older checkpoints, which read as `false`.
     #[serde(default)]
     pub matching_prior: bool,
+    /// Not in the paper: add a learned 1×1 map of the matching priors to the logits, with the
+    /// classifier initialised to zero, so the head starts as the nearest-neighbour rule and learns
+    /// corrections (needs `matching_prior`). Absent from older checkpoints, which read as `false`.
+    #[serde(default)]
+    pub prior_residual: bool,
 }
 
 impl MceConfig {
@@ -110,6 +115,7 @@ impl MceConfig {
             use_similarity: true,
             use_cross: true,
             matching_prior: false,
+            prior_residual: false,
         }
     }
 
@@ -159,6 +165,9 @@ impl MceConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} is not in [0, 1)", self.dropout));
+        }
+        if self.prior_residual && !self.matching_prior {
+            return bad("prior_residual needs matching_prior".into());
         }
         Ok(())
     }

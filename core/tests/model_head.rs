@@ -272,3 +272,31 @@ fn shapes_paper_preset_k_1_2_5() -> Result<()> {
     assert_eq!(cfg.grid(), 60);
     check_shapes(&cfg, &[1, 2, 5])
 }
+
+/// A fresh prior-residual head is the nearest-neighbour rule: its fg − bg logit is exactly
+/// 2 · (sum of the three level priors), so `fg > bg` wherever the mean prior is positive; the
+/// config is refused without the prior it builds on.
+#[test]
+fn prior_residual_head_starts_as_the_matching_rule() -> Result<()> {
+    let cfg = MceConfig {
+        matching_prior: true,
+        prior_residual: true,
+        ..small(Branches::Both)
+    };
+    let (_, m) = head(&cfg)?;
+    let q = m.encode_query(&features(&cfg, 2, 1.0)?, Mode::Eval)?;
+    let mask = block_mask(2, cfg.image_size, 8, 40)?;
+    let shot = m.encode_support(&features(&cfg, 2, 5.0)?, &mask, Mode::Eval)?;
+    let x = m.decoder_input(&q, std::slice::from_ref(&shot))?;
+    let logits = m.decode_grid(&q, std::slice::from_ref(&shot))?;
+    let margin = (logits.narrow(1, 1, 1)? - logits.narrow(1, 0, 1)?)?;
+    let expected = (x.narrow(1, cfg.decoder_in() - 3, 3)?.sum_keepdim(1)? * 2.0)?;
+    assert!(max_abs_diff(&margin, &expected)? < 1e-5);
+    assert!(expected.abs()?.max_all()?.to_scalar::<f32>()? > 1e-2);
+    let bad = MceConfig {
+        matching_prior: false,
+        ..cfg
+    };
+    assert!(bad.validate().is_err());
+    Ok(())
+}

@@ -5,7 +5,6 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use image::{GrayImage, Luma, Rgb, RgbImage};
 use mce_core::checkpoint::{self, CheckpointFile};
 use mce_core::inference::{lite0_weights_path, Segmenter};
 use mce_core::model::Mode;
@@ -17,6 +16,7 @@ use mce_core::quant::scale::sqnr_db;
 use mce_core::quant::table::TABLE_FORMAT;
 use mce_core::quant::{is_quantized, CalibrationTable, Method, QuantizedWeight};
 use mce_core::{AnyBackbone, Backbone, Mce, MceConfig};
+use mce_testkit::SquareFolders;
 use mce_train::data::{EpisodeSampler, FewShotDataset, Folders};
 use mce_train::features::FeatureStore;
 use mce_train::optim::SgdConfig;
@@ -30,29 +30,12 @@ use std::sync::Arc;
 
 /// 4 classes × 6 images: a coloured square (class colour) on a noisy background, exact masks.
 fn fixture(root: &Path) {
-    let colours = [[220, 30, 30], [30, 200, 40], [40, 60, 230], [230, 220, 30]];
-    for (c, colour) in colours.iter().enumerate() {
-        let dir = root.join(format!("class{c}"));
-        std::fs::create_dir_all(dir.join("images")).unwrap();
-        std::fs::create_dir_all(dir.join("masks")).unwrap();
-        for i in 0..6u32 {
-            let (x0, y0, side) = (4 + 5 * i, 3 + 3 * i, 48 + 2 * i);
-            let inside =
-                |x: u32, y: u32| (x0..x0 + side).contains(&x) && (y0..y0 + side).contains(&y);
-            let img = RgbImage::from_fn(100, 80, |x, y| {
-                if inside(x, y) {
-                    Rgb(*colour)
-                } else {
-                    let n = ((x * 31 + y * 17 + i * 7) % 50) as u8;
-                    Rgb([90 + n, 90 + n, 90 + n])
-                }
-            });
-            let mask =
-                GrayImage::from_fn(100, 80, |x, y| Luma([if inside(x, y) { 255 } else { 0 }]));
-            img.save(dir.join(format!("images/{i}.png"))).unwrap();
-            mask.save(dir.join(format!("masks/{i}.png"))).unwrap();
-        }
+    SquareFolders {
+        images: 6,
+        size: (100, 80),
+        side: (48, 2),
     }
+    .write(root);
 }
 
 fn model_config() -> MceConfig {

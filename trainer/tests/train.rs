@@ -1,9 +1,9 @@
 //! Training end to end on a generated folder dataset: checkpoints that the device can load, a JSONL
 //! log, validation on the training classes only, and a resume that continues bit for bit.
 
-use image::{GrayImage, Luma, Rgb, RgbImage};
 use mce_core::inference::{lite0_weights_path, load_backbone};
 use mce_core::MceConfig;
+use mce_testkit::SquareFolders;
 use mce_train::data::{FewShotDataset, Folders};
 use mce_train::optim::SgdConfig;
 use mce_train::train::{train, TrainConfig};
@@ -11,29 +11,12 @@ use std::path::{Path, PathBuf};
 
 /// 4 classes × 6 images: a coloured square (class colour) on a noisy background, exact masks.
 fn fixture(root: &Path) {
-    let colours = [[220, 30, 30], [30, 200, 40], [40, 60, 230], [230, 220, 30]];
-    for (c, colour) in colours.iter().enumerate() {
-        let dir = root.join(format!("class{c}"));
-        std::fs::create_dir_all(dir.join("images")).unwrap();
-        std::fs::create_dir_all(dir.join("masks")).unwrap();
-        for i in 0..6u32 {
-            let (x0, y0, side) = (4 + 5 * i, 3 + 3 * i, 48 + 2 * i);
-            let inside =
-                |x: u32, y: u32| (x0..x0 + side).contains(&x) && (y0..y0 + side).contains(&y);
-            let img = RgbImage::from_fn(100, 80, |x, y| {
-                if inside(x, y) {
-                    Rgb(*colour)
-                } else {
-                    let n = ((x * 31 + y * 17 + i * 7) % 50) as u8;
-                    Rgb([90 + n, 90 + n, 90 + n])
-                }
-            });
-            let mask =
-                GrayImage::from_fn(100, 80, |x, y| Luma([if inside(x, y) { 255 } else { 0 }]));
-            img.save(dir.join(format!("images/{i}.png"))).unwrap();
-            mask.save(dir.join(format!("masks/{i}.png"))).unwrap();
-        }
+    SquareFolders {
+        images: 6,
+        size: (100, 80),
+        side: (48, 2),
     }
+    .write(root);
 }
 
 fn config(steps: usize) -> TrainConfig {

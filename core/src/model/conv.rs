@@ -29,21 +29,32 @@ impl Conv {
         bias: bool,
         vb: VarBuilder,
     ) -> Result<Self> {
+        let bound = 1.0 / ((in_c * k * k) as f64).sqrt();
+        let bias = bias.then_some(Init::Uniform {
+            lo: -bound,
+            up: bound,
+        });
+        Self::with_init(
+            (in_c, out_c, k),
+            config,
+            init::DEFAULT_KAIMING_NORMAL,
+            bias,
+            vb,
+        )
+    }
+
+    /// A convolution `(in_c, out_c, k)` with the given initialisations (bias: `None` for none).
+    pub fn with_init(
+        (in_c, out_c, k): (usize, usize, usize),
+        config: Conv2dConfig,
+        weight_init: Init,
+        bias_init: Option<Init>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let name = vb.prefix();
-        let weight =
-            vb.get_with_hints((out_c, in_c, k, k), "weight", init::DEFAULT_KAIMING_NORMAL)?;
-        let bias = bias
-            .then(|| {
-                let bound = 1.0 / ((in_c * k * k) as f64).sqrt();
-                vb.get_with_hints(
-                    out_c,
-                    "bias",
-                    Init::Uniform {
-                        lo: -bound,
-                        up: bound,
-                    },
-                )
-            })
+        let weight = vb.get_with_hints((out_c, in_c, k, k), "weight", weight_init)?;
+        let bias = bias_init
+            .map(|b| vb.get_with_hints(out_c, "bias", b))
             .transpose()?;
         let pointwise = k == 1 && (config.padding, config.stride, config.groups) == (0, 1, 1);
         let quant = attach(LayerInfo {

@@ -6,7 +6,7 @@
 use super::conv::{conv2d, Conv as Conv2d};
 use crate::config::MceConfig;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, Init, VarBuilder};
 
 /// Atrous spatial pyramid pooling.
 #[derive(Debug, Clone)]
@@ -58,13 +58,19 @@ impl Module for Aspp {
     }
 }
 
-/// ASPP → 3×3 conv (ReLU) → 1×1 conv to background/foreground logits on the stride-8 grid.
+/// ASPP → 3×3 conv (ReLU) → 1×1 conv to background/foreground logits on the stride-8 grid; with
+/// `prior_residual`, plus a learned 1×1 map of the matching priors (the last 3 input channels).
 #[derive(Debug, Clone)]
 pub struct Decoder {
     aspp: Aspp,
     res: Conv2d,
     cls: Conv2d,
+    prior_skip: Option<Conv2d>,
 }
+
+/// Initial weight of each level's prior in the skip: the fg − bg logit starts at
+/// `3 · PRIOR_SKIP_INIT · mean(prior)`, i.e. the nearest-neighbour rule (prior > 0) with confidence.
+const PRIOR_SKIP_INIT: f64 = 2.0;
 
 impl Decoder {
     pub fn new(cfg: &MceConfig, vb: VarBuilder) -> Result<Self> {
@@ -73,10 +79,31 @@ impl Decoder {
             padding: 1,
             ..Default::default()
         };
+        let (cls, prior_skip) = match cfg.prior_residual {
+            // The head starts as the training-free rule and learns corrections to it.
+            true => (
+                Conv2d::with_init(
+                    (dd, 2, 1),
+                    Default::default(),
+                    Init::Const(0.0),
+                    Some(Init::Const(0.0)),
+                    vb.pp("cls"),
+                )?,
+                Some(Conv2d::with_init(
+                    (3, 1, 1),
+                    Default::default(),
+                    Init::Const(PRIOR_SKIP_INIT),
+                    None,
+                    vb.pp("prior_skip"),
+                )?),
+            ),
+            false => (conv2d(dd, 2, 1, Default::default(), vb.pp("cls"))?, None),
+        };
         Ok(Self {
             aspp: Aspp::new(cfg.decoder_in(), dd, cfg.aspp_rates, vb.pp("aspp"))?,
             res: conv2d(dd, dd, 3, pad1, vb.pp("res"))?,
-            cls: conv2d(dd, 2, 1, Default::default(), vb.pp("cls"))?,
+            cls,
+            prior_skip,
         })
     }
 }
@@ -86,6 +113,13 @@ impl Module for Decoder {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let x = self.aspp.forward(xs)?;
         let x = self.res.forward(&x)?.relu()?;
-        self.cls.forward(&x)
+        let logits = self.cls.forward(&x)?;
+        let Some(skip) = &self.prior_skip else {
+            return Ok(logits);
+        };
+        let c = xs.dim(1)?;
+        let p = skip.forward(&xs.narrow(1, c - 3, 3)?)?; // (B, 1, h, w): fg − bg evidence
+        let half = (p * 0.5)?;
+        logits + Tensor::cat(&[&half.neg()?, &half], 1)?
     }
 }

@@ -24,6 +24,10 @@ pub struct TrainArgs {
     /// `mce_core::model::matching`).
     #[arg(long)]
     pub matching_prior: bool,
+    /// Start the head as the matching-prior rule and learn corrections to it (a learned skip from
+    /// the priors to the logits, zero-initialised classifier; implies --matching-prior).
+    #[arg(long)]
+    pub prior_residual: bool,
     /// Backbone weights (safetensors, original names). Default: the bundled Lite0 for `edge`.
     #[arg(long)]
     pub backbone_weights: Option<PathBuf>,
@@ -115,7 +119,8 @@ pub fn parse_device(name: &str) -> Result<Device> {
 impl TrainArgs {
     fn config(&self) -> Result<TrainConfig> {
         let mut model = MceConfig::preset(&self.preset)?;
-        model.matching_prior |= self.matching_prior;
+        model.matching_prior |= self.matching_prior || self.prior_residual;
+        model.prior_residual |= self.prior_residual;
         if let Some(s) = self.image_size {
             model.image_size = s;
         }
