@@ -70,6 +70,7 @@ fn trained_checkpoint_segments_through_the_device_cli() {
         checkpoint_interval: 3,
         max_minutes: None,
         stop_at: None,
+        online: false,
     };
     let device = candle_core::Device::Cpu;
     let weights = lite0_weights_path();

@@ -72,6 +72,7 @@ fn train_config(steps: usize) -> TrainConfig {
         checkpoint_interval: 100,
         max_minutes: None,
         stop_at: None,
+        online: false,
     }
 }
 

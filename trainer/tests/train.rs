@@ -49,6 +49,7 @@ fn config(steps: usize) -> TrainConfig {
         checkpoint_interval: 2,
         max_minutes: None,
         stop_at: None,
+        online: false,
     }
 }
 

@@ -75,6 +75,10 @@ pub struct TrainArgs {
     /// Pause with a checkpoint after this step (continue later with --resume).
     #[arg(long)]
     pub stop_at: Option<usize>,
+    /// Online mode: backbone features every step, each image with PFENet's augmentation (scale,
+    /// rotation, blur, flip, padded crop). For a GPU; on a CPU the default feature cache is faster.
+    #[arg(long, conflicts_with = "qat")]
+    pub online: bool,
     /// Run directory (checkpoints, log.jsonl).
     #[arg(long)]
     pub out: PathBuf,
@@ -151,6 +155,7 @@ impl TrainArgs {
             checkpoint_interval: self.checkpoint_interval.max(1),
             max_minutes: self.max_minutes,
             stop_at: self.stop_at,
+            online: self.online,
         })
     }
 }

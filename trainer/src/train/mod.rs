@@ -1,8 +1,10 @@
-//! Episodic meta-training of the MCE head on a frozen backbone (cached-feature mode).
+//! Episodic meta-training of the MCE head on a frozen backbone: cached-feature mode (default), or
+//! online mode with augmentation ([`online`]).
 //!
 //! ```text
 //! dataset ─ train_pool(fold) ─ split ─▶ train pool / validation queries (training classes only)
-//!   FeatureStore (backbone once per image × variant)
+//!   FeatureStore (backbone once per image × variant; online: validation images only)
+//!   [online: images of each step ─ augment ─ backbone]
 //!   step s: seed_s = hash(seed, s) ─▶ episodes, variants, dropout ─▶ Batch ─▶ head ─▶ CE loss
 //!           ─▶ backward ─▶ SGD (momentum, decay) at poly LR
 //!   every N steps: validation mIoU ─▶ best.safetensors;  last.safetensors + optimizer state
@@ -10,6 +12,7 @@
 
 pub mod batch;
 pub mod cli;
+pub mod online;
 pub mod qat;
 pub mod state;
 pub mod validate;
@@ -61,6 +64,10 @@ pub struct TrainConfig {
     pub max_minutes: Option<f64>,
     /// Pause (with a checkpoint) after this step; `--resume` continues on the same schedule.
     pub stop_at: Option<usize>,
+    /// Online mode ([`online`]): backbone features per step, with PFENet's augmentation, instead of
+    /// the feature cache.
+    #[serde(default)]
+    pub online: bool,
 }
 
 /// What a run reports at the end.
@@ -115,6 +122,17 @@ pub fn train(
         val_episodes.len()
     );
     let variants = Variant::grid(&cfg.scales, cfg.flips);
+    let online = cfg
+        .online
+        .then(|| online::OnlineBatches::new(ds, backbone, cfg.model.image_size));
+    let refs = match online {
+        // Only validation reads the cache.
+        Some(_) => val_episodes
+            .iter()
+            .flat_map(|e| std::iter::once(e.query).chain(e.supports.iter().copied()))
+            .collect(),
+        None => refs,
+    };
     let store = FeatureStore::build(ds, &refs, backbone, cfg.model.image_size, &variants, device)?;
 
     let varmap = VarMap::new();
@@ -159,12 +177,15 @@ pub fn train(
         let k = cfg.shots[(step_seed % cfg.shots.len() as u64) as usize];
         let episodes = batch::sample_episodes(&split.train, k, cfg.batch, step_seed)?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(step_seed ^ 1);
-        let b = batch::assemble(
-            &store,
-            &episodes,
-            batch::random_variants(&store, &mut rng),
-            device,
-        )?;
+        let b = match &online {
+            Some(o) => o.assemble(&episodes, &mut rng, device)?,
+            None => batch::assemble(
+                &store,
+                &episodes,
+                batch::random_variants(&store, &mut rng),
+                device,
+            )?,
+        };
         let logits = head.forward(
             &b.query,
             &b.shots,
