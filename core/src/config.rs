@@ -48,6 +48,20 @@ pub enum ShotFusion {
     Average,
 }
 
+/// What the decoder sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecoderInput {
+    /// The paper's `X = cat(f_Q, V_s, f_cross, A_sim)` (plus the matching priors when on).
+    #[default]
+    Full,
+    /// Not in the paper: only the class-agnostic evidence, `cat(A_sim, matching priors)`. Without
+    /// the query's and the prototype's own features the head cannot learn which *training classes*
+    /// tend to be foreground, only how similarity maps turn into masks (needs `matching_prior`,
+    /// and no cross-encoding).
+    Matching,
+}
+
 /// The model's configuration. Serialised into every checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MceConfig {
@@ -92,6 +106,9 @@ pub struct MceConfig {
     /// corrections (needs `matching_prior`). Absent from older checkpoints, which read as `false`.
     #[serde(default)]
     pub prior_residual: bool,
+    /// The decoder's input (absent from older checkpoints, which read as `full`).
+    #[serde(default)]
+    pub decoder_input: DecoderInput,
 }
 
 impl MceConfig {
@@ -116,6 +133,7 @@ impl MceConfig {
             use_cross: true,
             matching_prior: false,
             prior_residual: false,
+            decoder_input: DecoderInput::Full,
         }
     }
 
@@ -169,6 +187,10 @@ impl MceConfig {
         if self.prior_residual && !self.matching_prior {
             return bad("prior_residual needs matching_prior".into());
         }
+        if self.decoder_input == DecoderInput::Matching && (!self.matching_prior || self.use_cross)
+        {
+            return bad("decoder_input `matching` needs matching_prior and no use_cross".into());
+        }
         Ok(())
     }
 
@@ -185,7 +207,11 @@ impl MceConfig {
 
     /// Channels of the decoder input `cat(f_Q, V_s, f_cross, A_sim)`.
     pub fn decoder_in(&self) -> usize {
-        2 * self.reduce_dim
+        let features = match self.decoder_input {
+            DecoderInput::Full => 2 * self.reduce_dim,
+            DecoderInput::Matching => 0,
+        };
+        features
             + if self.use_cross { self.reduce_dim } else { 0 }
             + usize::from(self.use_similarity)
             + if self.matching_prior { 3 } else { 0 }

@@ -7,7 +7,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use mce_core::config::{Branches, MceConfig};
+use mce_core::config::{Branches, DecoderInput, MceConfig};
 use mce_core::model::Mode;
 use mce_core::{Features, Mce};
 
@@ -263,7 +263,31 @@ fn shapes_edge_preset_k_1_2_5() -> Result<()> {
         matching_prior: true,
         ..MceConfig::edge_lite0()
     };
-    check_shapes(&with_prior, &[1, 5])
+    check_shapes(&with_prior, &[1, 5])?;
+    let agnostic = MceConfig {
+        matching_prior: true,
+        prior_residual: true,
+        use_cross: false,
+        decoder_input: DecoderInput::Matching,
+        ..MceConfig::edge_lite0()
+    };
+    assert_eq!(agnostic.decoder_in(), 4); // A_sim + 3 level priors
+    check_shapes(&agnostic, &[1, 5])?;
+    // only class-agnostic layers exist: no feature reduction, no cross-encoding
+    let vm = VarMap::new();
+    Mce::new(
+        &agnostic,
+        VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
+    )?;
+    let names: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();
+    assert!(names.iter().all(|n| n.starts_with("decoder.")), "{names:?}");
+    assert!(names.iter().any(|n| n == "decoder.prior_skip.weight"));
+    let with_cross = MceConfig {
+        use_cross: true,
+        ..agnostic
+    };
+    assert!(with_cross.validate().is_err());
+    Ok(())
 }
 
 #[test]

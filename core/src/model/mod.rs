@@ -24,7 +24,7 @@ pub mod matching;
 pub mod prototype;
 
 use crate::backbone::Features;
-use crate::config::MceConfig;
+use crate::config::{DecoderInput, MceConfig};
 use crate::ops::{dropout2d, resize_bilinear};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -60,8 +60,8 @@ impl Mode {
 /// Everything the head needs from one support image (one shot), batched over episodes.
 #[derive(Debug, Clone)]
 pub struct SupportEncoding {
-    /// Prototype V_s: `(B, reduce_dim, 1, 1)`.
-    pub prototype: Tensor,
+    /// Prototype V_s: `(B, reduce_dim, 1, 1)` (absent with [`DecoderInput::Matching`]).
+    pub prototype: Option<Tensor>,
     similarity: SupportSimilarity,
     tokens: Vec<SupportTokens>,
     /// Levels 2, 3, 4 for the matching prior (empty when the config leaves it out).
@@ -71,8 +71,11 @@ pub struct SupportEncoding {
 /// Everything the head needs from one query image, shared by all classes segmented in it.
 #[derive(Debug, Clone)]
 pub struct QueryEncoding {
-    /// Mid-level query features f_Q: `(B, reduce_dim, grid, grid)`.
-    pub mid: Tensor,
+    /// Mid-level query features f_Q: `(B, reduce_dim, grid, grid)` (absent with
+    /// [`DecoderInput::Matching`]).
+    pub mid: Option<Tensor>,
+    /// Side of the stride-8 grid where the decoder runs.
+    grid: usize,
     level4: Tensor,
     tokens: Vec<QueryTokens>,
     /// Backbone levels 2, 3, 4 for the matching prior (empty when the config leaves it out).
@@ -83,8 +86,8 @@ pub struct QueryEncoding {
 #[derive(Debug, Clone)]
 pub struct Mce {
     config: MceConfig,
-    down_query: Conv2d,
-    down_supp: Conv2d,
+    down_query: Option<Conv2d>,
+    down_supp: Option<Conv2d>,
     cross: Option<CrossEncoding>,
     decoder: Decoder,
 }
@@ -98,10 +101,15 @@ impl Mce {
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let [c2, c3, _] = config.backbone.channels();
         let r = config.reduce_dim;
+        let full = config.decoder_input == DecoderInput::Full;
+        let down = |name: &str| {
+            full.then(|| conv2d_no_bias(c2 + c3, r, 1, Default::default(), vb.pp(name)))
+                .transpose()
+        };
         Ok(Self {
             config: config.clone(),
-            down_query: conv2d_no_bias(c2 + c3, r, 1, Default::default(), vb.pp("down_query.0"))?,
-            down_supp: conv2d_no_bias(c2 + c3, r, 1, Default::default(), vb.pp("down_supp.0"))?,
+            down_query: down("down_query.0")?,
+            down_supp: down("down_supp.0")?,
             cross: config
                 .use_cross
                 .then(|| CrossEncoding::new(config, vb.pp("cross")))
@@ -140,15 +148,23 @@ impl Mce {
     }
 
     /// Mid-level features `ReLU(Conv1×1(cat(level3, level2)))` on the stride-8 grid, Dropout2d in training.
-    fn mid_level(&self, conv: &Conv2d, feats: &Features, mode: Mode) -> Result<Tensor> {
+    fn mid_level(
+        &self,
+        conv: Option<&Conv2d>,
+        feats: &Features,
+        mode: Mode,
+    ) -> Result<Option<Tensor>> {
+        let Some(conv) = conv else {
+            return Ok(None);
+        };
         let (_, _, h, w) = feats.level2.dims4()?;
         let l3 = resize_bilinear(&feats.level3, h, w)?;
         let x = conv
             .forward(&Tensor::cat(&[&l3, &feats.level2], 1)?)?
             .relu()?;
         match mode {
-            Mode::Train { seed } => dropout2d(&x, self.config.dropout, seed),
-            Mode::Eval => Ok(x),
+            Mode::Train { seed } => dropout2d(&x, self.config.dropout, seed).map(Some),
+            Mode::Eval => Ok(Some(x)),
         }
     }
 
@@ -159,9 +175,13 @@ impl Mce {
         mask: &Tensor,
         mode: Mode,
     ) -> Result<SupportEncoding> {
-        let f_s = self.mid_level(&self.down_supp, feats, mode)?; // (B, r, g, g)
-        let (_, _, g, _) = f_s.dims4()?;
-        let prototype = masked_average_pool(&f_s, &resize_bilinear(mask, g, g)?)?;
+        let prototype = match self.mid_level(self.down_supp.as_ref(), feats, mode)? {
+            Some(f_s) => {
+                let (_, _, g, _) = f_s.dims4()?; // f_s: (B, r, g, g)
+                Some(masked_average_pool(&f_s, &resize_bilinear(mask, g, g)?)?)
+            }
+            None => None,
+        };
         let (_, _, h4, w4) = feats.level4.dims4()?;
         let similarity = SupportSimilarity::new(
             &feats.level4,
@@ -202,7 +222,8 @@ impl Mce {
             None => vec![],
         };
         Ok(QueryEncoding {
-            mid: self.mid_level(&self.down_query, feats, mode)?,
+            mid: self.mid_level(self.down_query.as_ref(), feats, mode)?,
+            grid: feats.level2.dim(2)?,
             level4: feats.level4.clone(),
             tokens,
             levels: match self.config.matching_prior {
@@ -219,8 +240,11 @@ impl Mce {
         shot: &SupportEncoding,
         g: usize,
     ) -> Result<Vec<Tensor>> {
-        let (b, r, _, _) = query.mid.dims4()?;
-        let mut terms = vec![shot.prototype.broadcast_as((b, r, g, g))?.contiguous()?];
+        let mut terms = vec![];
+        if let Some(v_s) = &shot.prototype {
+            let (b, r, _, _) = v_s.dims4()?;
+            terms.push(v_s.broadcast_as((b, r, g, g))?.contiguous()?);
+        }
         if let Some(cross) = &self.cross {
             let per_level = cross
                 .levels()
@@ -247,7 +271,7 @@ impl Mce {
         if shots.is_empty() {
             candle_core::bail!("MCE needs at least one support shot");
         }
-        let (_, _, g, _) = query.mid.dims4()?;
+        let g = query.grid;
         let mut sums = self.shot_terms(query, &shots[0], g)?;
         for shot in &shots[1..] {
             let terms = self.shot_terms(query, shot, g)?;
@@ -258,7 +282,7 @@ impl Mce {
                 .collect::<Result<Vec<_>>>()?;
         }
         let k = shots.len() as f64;
-        let mut x = vec![query.mid.clone()];
+        let mut x: Vec<Tensor> = query.mid.iter().cloned().collect();
         for t in sums {
             x.push((t / k)?);
         }

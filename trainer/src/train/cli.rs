@@ -28,6 +28,10 @@ pub struct TrainArgs {
     /// the priors to the logits, zero-initialised classifier; implies --matching-prior).
     #[arg(long)]
     pub prior_residual: bool,
+    /// Feed the decoder only class-agnostic evidence (similarity map and matching priors; no
+    /// query or prototype features, no cross-encoding). Implies --matching-prior.
+    #[arg(long)]
+    pub class_agnostic: bool,
     /// Backbone weights (safetensors, original names). Default: the bundled Lite0 for `edge`.
     #[arg(long)]
     pub backbone_weights: Option<PathBuf>,
@@ -125,6 +129,11 @@ impl TrainArgs {
         let mut model = MceConfig::preset(&self.preset)?;
         model.matching_prior |= self.matching_prior || self.prior_residual;
         model.prior_residual |= self.prior_residual;
+        if self.class_agnostic {
+            model.matching_prior = true;
+            model.use_cross = false;
+            model.decoder_input = mce_core::config::DecoderInput::Matching;
+        }
         if let Some(s) = self.image_size {
             model.image_size = s;
         }
