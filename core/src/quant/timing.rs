@@ -29,7 +29,7 @@ use std::time::Instant;
 /// Timed repetitions of each variant (after one warm-up); the minimum is kept.
 const REPS: usize = 5;
 
-/// What one layer measured: nanoseconds per call, the minimum over [`REPS`] calls (integers, so
+/// What one layer measured: nanoseconds per call, the minimum over 5 calls (integers, so
 /// the artifact's JSON metadata round-trips them exactly).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerTiming {
