@@ -97,11 +97,12 @@ pub struct MceConfig {
     pub use_similarity: bool,
     pub use_cross: bool,
     /// Not in the paper: feed the decoder the training-free nearest-neighbour matching prior, one
-    /// channel per backbone level, matched over all K shots jointly ([`crate::model::matching`]).
+    /// channel per backbone level plus one of the joint map, matched over all K shots jointly
+    /// ([`crate::model::matching`]).
     /// Absent from older checkpoints, which read as `false`.
     #[serde(default)]
     pub matching_prior: bool,
-    /// Not in the paper: add a learned 1×1 map of the matching priors to the logits, with the
+    /// Not in the paper: add a learned multiple of the joint matching prior to the logits, with the
     /// classifier initialised to zero, so the head starts as the nearest-neighbour rule and learns
     /// corrections (needs `matching_prior`). Absent from older checkpoints, which read as `false`.
     #[serde(default)]
@@ -214,7 +215,7 @@ impl MceConfig {
         features
             + if self.use_cross { self.reduce_dim } else { 0 }
             + usize::from(self.use_similarity)
-            + if self.matching_prior { 3 } else { 0 }
+            + if self.matching_prior { 4 } else { 0 }
     }
 }
 

@@ -202,12 +202,12 @@ fn k_shot_decoder_input_is_the_average_of_single_shots() -> Result<()> {
 }
 
 #[test]
-fn matching_prior_adds_three_channels_matched_over_all_shots() -> Result<()> {
+fn matching_prior_adds_four_channels_matched_over_all_shots() -> Result<()> {
     let cfg = MceConfig {
         matching_prior: true,
         ..small(Branches::Both)
     };
-    let plain = cfg.decoder_in() - 3;
+    let plain = cfg.decoder_in() - 4;
     let (_, m) = head(&cfg)?;
     let q = m.encode_query(&features(&cfg, 2, 1.0)?, Mode::Eval)?;
     let shots = (0..2)
@@ -218,7 +218,7 @@ fn matching_prior_adds_three_channels_matched_over_all_shots() -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let joint = m.decoder_input(&q, &shots)?;
     assert_eq!(joint.dim(1)?, cfg.decoder_in());
-    let prior = |x: &Tensor| x.narrow(1, plain, 3);
+    let prior = |x: &Tensor| x.narrow(1, plain, 4);
     let singles = shots
         .iter()
         .map(|s| m.decoder_input(&q, std::slice::from_ref(s)))
@@ -271,7 +271,7 @@ fn shapes_edge_preset_k_1_2_5() -> Result<()> {
         decoder_input: DecoderInput::Matching,
         ..MceConfig::edge_lite0()
     };
-    assert_eq!(agnostic.decoder_in(), 4); // A_sim + 3 level priors
+    assert_eq!(agnostic.decoder_in(), 5); // A_sim + 3 level priors + the joint prior
     check_shapes(&agnostic, &[1, 5])?;
     // only class-agnostic layers exist: no feature reduction, no cross-encoding
     let vm = VarMap::new();
@@ -298,7 +298,7 @@ fn shapes_paper_preset_k_1_2_5() -> Result<()> {
 }
 
 /// A fresh prior-residual head is the nearest-neighbour rule: its fg − bg logit is exactly
-/// 2 · (sum of the three level priors), so `fg > bg` wherever the mean prior is positive; the
+/// 6 · (the joint prior), so `fg > bg` wherever that prior is positive; the
 /// config is refused without the prior it builds on.
 #[test]
 fn prior_residual_head_starts_as_the_matching_rule() -> Result<()> {
@@ -314,7 +314,7 @@ fn prior_residual_head_starts_as_the_matching_rule() -> Result<()> {
     let x = m.decoder_input(&q, std::slice::from_ref(&shot))?;
     let logits = m.decode_grid(&q, std::slice::from_ref(&shot))?;
     let margin = (logits.narrow(1, 1, 1)? - logits.narrow(1, 0, 1)?)?;
-    let expected = (x.narrow(1, cfg.decoder_in() - 3, 3)?.sum_keepdim(1)? * 2.0)?;
+    let expected = (x.narrow(1, cfg.decoder_in() - 1, 1)? * 6.0)?;
     assert!(max_abs_diff(&margin, &expected)? < 1e-5);
     assert!(expected.abs()?.max_all()?.to_scalar::<f32>()? > 1e-2);
     let bad = MceConfig {

@@ -59,7 +59,7 @@ impl Module for Aspp {
 }
 
 /// ASPP → 3×3 conv (ReLU) → 1×1 conv to background/foreground logits on the stride-8 grid; with
-/// `prior_residual`, plus a learned 1×1 map of the matching priors (the last 3 input channels).
+/// `prior_residual`, plus a learned multiple of the joint matching prior (the last input channel).
 #[derive(Debug, Clone)]
 pub struct Decoder {
     aspp: Aspp,
@@ -68,9 +68,9 @@ pub struct Decoder {
     prior_skip: Option<Conv2d>,
 }
 
-/// Initial weight of each level's prior in the skip: the fg − bg logit starts at
-/// `3 · PRIOR_SKIP_INIT · mean(prior)`, i.e. the nearest-neighbour rule (prior > 0) with confidence.
-const PRIOR_SKIP_INIT: f64 = 2.0;
+/// Initial weight of the joint prior in the skip: the fg − bg logit starts at
+/// `PRIOR_SKIP_INIT · prior`, i.e. the nearest-neighbour rule (prior > 0) with some confidence.
+const PRIOR_SKIP_INIT: f64 = 6.0;
 
 impl Decoder {
     pub fn new(cfg: &MceConfig, vb: VarBuilder) -> Result<Self> {
@@ -90,7 +90,7 @@ impl Decoder {
                     vb.pp("cls"),
                 )?,
                 Some(Conv2d::with_init(
-                    (3, 1, 1),
+                    (1, 1, 1),
                     Default::default(),
                     Init::Const(PRIOR_SKIP_INIT),
                     None,
@@ -118,7 +118,7 @@ impl Module for Decoder {
             return Ok(logits);
         };
         let c = xs.dim(1)?;
-        let p = skip.forward(&xs.narrow(1, c - 3, 3)?)?; // (B, 1, h, w): fg − bg evidence
+        let p = skip.forward(&xs.narrow(1, c - 1, 1)?)?; // (B, 1, h, w): fg − bg evidence
         let half = (p * 0.5)?;
         logits + Tensor::cat(&[&half.neg()?, &half], 1)?
     }

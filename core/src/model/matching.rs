@@ -1,9 +1,9 @@
 //! The nearest-neighbour matching prior: an optional, training-free input to the decoder (not in
 //! the paper; `MceConfig::matching_prior`).
 //!
-//! For every query position and backbone level: the best cosine similarity to a support
-//! foreground position minus the best cosine to a support background position, over the positions
-//! of *all* K shots at once. Averaging per-shot maps (the paper's K-shot fusion) loses what joint
+//! For every query position and backbone level, and for the joint map of all three levels
+//! ([`matching_maps`]): the best cosine similarity to a support foreground position minus the best
+//! cosine to a support background position, over the positions of *all* K shots at once. Averaging per-shot maps (the paper's K-shot fusion) loses what joint
 //! matching keeps: a query part that resembles one shot's object is found even when the other shots
 //! show the object from another side. On MSRC-v2 this rule alone is the strongest training-free
 //! baseline (`mce-train baselines`); as a decoder input it gives the head that evidence directly.
@@ -12,10 +12,31 @@
 
 use super::masks::LevelMask;
 use crate::ops::resize_bilinear;
+use crate::backbone::Features;
 use candle_core::{Result, Tensor, D};
 
 /// Added to the cosine of positions of the other kind, so they never win the max (cosines ≥ −1).
 const EXCLUDE: f64 = 4.0;
+
+/// The maps the prior matches on, detached: levels 2, 3, 4 as they are, then the **joint** map —
+/// levels 3 and 4 resized bilinearly to the level-2 grid, each L2-normalised per position,
+/// concatenated and divided by √3. A cosine on the joint map is the mean of the three levels'
+/// cosines at one position pair, so its best match must agree at every level: this is exactly the
+/// `nearest` baseline of `mce-train baselines` (levels 2+3+4).
+pub fn matching_maps(feats: &Features) -> Result<Vec<Tensor>> {
+    let levels = feats.levels();
+    let (_, _, h, w) = levels[0].dims4()?;
+    let unit = |t: &Tensor| -> Result<Tensor> {
+        let t = resize_bilinear(&t.detach(), h, w)?;
+        let norm = (t.sqr()?.sum_keepdim(1)?.sqrt()? + 1e-6)?;
+        t.broadcast_div(&norm)
+    };
+    let joint = (Tensor::cat(&levels.map(unit).into_iter().collect::<Result<Vec<_>>>()?, 1)?
+        / 3f64.sqrt())?;
+    let mut maps: Vec<Tensor> = levels.iter().map(|t| t.detach()).collect();
+    maps.push(joint);
+    Ok(maps)
+}
 
 /// L2-normalise over channels and flatten: `(B, C, h, w)` → `(B, C, h·w)`.
 pub fn normalized_tokens(feats: &Tensor) -> Result<Tensor> {

@@ -13,8 +13,9 @@
 //! With K shots, `f_cross`, `V_s` and `A_sim` are averaged over the shots before the concatenation.
 //!
 //! Options beyond the paper (all off in the presets): `matching_prior` appends the
-//! nearest-neighbour priors of levels 2, 3, 4 matched over all shots jointly ([`matching`]);
-//! `prior_residual` adds a learned map of them to the logits so the head starts as that rule
+//! nearest-neighbour priors of levels 2, 3, 4 and of their joint map, matched over all shots
+//! jointly ([`matching`]); `prior_residual` adds a learned multiple of the joint prior to the
+//! logits, so the head starts as the nearest-neighbour rule
 //! ([`decoder`]); [`DecoderInput::Matching`] keeps only `A_sim` and the priors, a class-agnostic input.
 //! Support-only work lives in [`SupportEncoding`] and query-only work in [`QueryEncoding`], so the
 //! device encodes each exemplar once and each frame once, then runs only [`Mce::decode`] per class.
@@ -69,7 +70,7 @@ pub struct SupportEncoding {
     pub prototype: Option<Tensor>,
     similarity: SupportSimilarity,
     tokens: Vec<SupportTokens>,
-    /// Levels 2, 3, 4 for the matching prior (empty when the config leaves it out).
+    /// Levels 2, 3, 4 and the joint map for the matching prior (empty when the config leaves it out).
     matching: Vec<SupportMatching>,
 }
 
@@ -83,7 +84,7 @@ pub struct QueryEncoding {
     grid: usize,
     level4: Tensor,
     tokens: Vec<QueryTokens>,
-    /// Backbone levels 2, 3, 4 for the matching prior (empty when the config leaves it out).
+    /// Levels 2, 3, 4 and the joint map for the matching prior (empty when the config leaves it out).
     levels: Vec<Tensor>,
 }
 
@@ -202,7 +203,7 @@ impl Mce {
             None => vec![],
         };
         let matching = match self.config.matching_prior {
-            true => levels
+            true => matching::matching_maps(feats)?
                 .iter()
                 .map(|f| SupportMatching::new(f, mask))
                 .collect::<Result<Vec<_>>>()?,
@@ -232,7 +233,7 @@ impl Mce {
             level4: feats.level4.clone(),
             tokens,
             levels: match self.config.matching_prior {
-                true => levels.iter().map(|t| t.detach()).collect(),
+                true => matching::matching_maps(feats)?,
                 false => vec![],
             },
         })
@@ -266,7 +267,8 @@ impl Mce {
     }
 
     /// The decoder input `X = cat(f_Q, V_s, f_cross, A_sim)`, each support term averaged over the
-    /// K shots, then (optionally) the matching prior of levels 2, 3, 4 over all shots jointly:
+    /// K shots, then (optionally) the matching priors of levels 2, 3, 4 and of the joint map, over
+    /// all shots jointly:
     /// `(B, decoder_in, g, g)`.
     pub fn decoder_input(
         &self,
