@@ -29,6 +29,21 @@ pub enum Command {
     Quantize(QuantizeArgs),
     /// Compare float / simulated int8 / device int8 / QAT on held-out episodes.
     Report(ReportArgs),
+    /// Per-frame latency of model files (float checkpoints or int8 artifacts), timed in turn frame
+    /// by frame on the bundled bicycle photo; prints and writes JSON.
+    Latency(LatencyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LatencyArgs {
+    /// Model files to time (float checkpoints and/or int8 artifacts).
+    #[arg(required = true)]
+    pub models: Vec<PathBuf>,
+    /// Timed frames per model (the median is reported).
+    #[arg(long, default_value_t = 50)]
+    pub frames: usize,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 fn parse_method(s: &str) -> Result<Method, String> {
@@ -211,6 +226,28 @@ pub fn run(cmd: &Command) -> Result<()> {
             let spec =
                 calibrate::write_artifact(&a.out, &file, &table, a.method, &kf, a.exec, &device)?;
             println!("wrote {} ({} layers)", a.out.display(), spec.layers.len());
+        }
+        Command::Latency(a) => {
+            let segs = a
+                .models
+                .iter()
+                .map(|p| report::segmenter(p, &device))
+                .collect::<Result<Vec<_>>>()?;
+            let ms = report::interleaved_latency_ms(&segs.iter().collect::<Vec<_>>(), a.frames)?;
+            let rows: Vec<serde_json::Value> = a
+                .models
+                .iter()
+                .zip(&ms)
+                .map(|(p, ms)| {
+                    println!("{ms:8.1} ms  {}", p.display());
+                    serde_json::json!({"model": p.display().to_string(), "median_ms": ms})
+                })
+                .collect();
+            if let Some(p) = &a.json {
+                let v = serde_json::json!({"frames": a.frames, "threads": std::thread::available_parallelism().map_or(0, |n| n.get()), "models": rows});
+                std::fs::write(p, serde_json::to_string_pretty(&v)?)
+                    .with_context(|| format!("writing {}", p.display()))?;
+            }
         }
         Command::Report(a) => {
             let ds = a.episodes.open()?;

@@ -263,9 +263,9 @@ fn report_writes_json_and_markdown_for_float_and_quantized() {
         "int8-sim percentile:99.99",
         "int8-sim mse",
         "int8-sim kl",
-        "int8 artifact (device: i8 weights, Q8_0 QMatMul)",
+        "int8 artifact (device: i8 weights, per-layer exec)",
         "int8 artifact (simulated static int8 inputs)",
-        "int8 QAT artifact (device: i8 weights, Q8_0 QMatMul)",
+        "int8 QAT artifact (device: i8 weights, per-layer exec)",
     ] {
         assert!(names.contains(&want), "no `{want}` row in {names:?}");
     }
@@ -277,7 +277,7 @@ fn report_writes_json_and_markdown_for_float_and_quantized() {
     }
     let row = |name: &str| variants.iter().find(|v| v["name"] == name).unwrap();
     let float = row("float");
-    let device = row("int8 artifact (device: i8 weights, Q8_0 QMatMul)");
+    let device = row("int8 artifact (device: i8 weights, per-layer exec)");
     let (fb, qb) = (
         float["file_bytes"].as_u64().unwrap(),
         device["file_bytes"].as_u64().unwrap(),
@@ -490,5 +490,35 @@ fn bad_inputs_fail_naming_the_file_or_the_problem() {
     assert!(
         !Path::new(&out).exists(),
         "a failed run must not leave an artifact"
+    );
+}
+
+#[test]
+fn latency_times_float_and_int8_files_and_names_a_missing_one() {
+    let st = setup();
+    let (_, out) = calibrate(&st, "max", "latency");
+    let json = st.dir.join("latency.json");
+    let (ok, _, text) = calib(&[
+        "latency",
+        s(&st.float),
+        s(&out),
+        "--frames",
+        "2",
+        "--json",
+        s(&json),
+    ]);
+    assert!(ok, "{text}");
+    let v = read_json(&json);
+    let rows = v["models"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, path) in rows.iter().zip([&st.float, &out]) {
+        assert_eq!(row["model"].as_str().unwrap(), s(path));
+        let ms = row["median_ms"].as_f64().unwrap();
+        assert!(ms > 0.0 && ms.is_finite(), "{row}");
+    }
+    let missing = st.dir.join("missing.safetensors");
+    fails_with(
+        &["latency", s(&st.float), s(&missing)],
+        &["missing.safetensors"],
     );
 }

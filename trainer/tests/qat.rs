@@ -373,6 +373,24 @@ fn a_qat_run_moves_the_head_and_quantizes_for_the_device() {
         .probability
         .iter()
         .all(|p| p.is_finite() && (0.0..=1.0).contains(p)));
+
+    // `mce-train eval` takes the artifact as it takes the float checkpoint, on the same episodes.
+    let opts = mce_train::eval::EvalOptions {
+        fold: 0,
+        n_folds: 2,
+        shots: 1,
+        episodes: 6,
+        seeds: vec![0],
+    };
+    let eval = |p: &std::path::Path| {
+        let r = mce_train::eval::evaluate_checkpoint(&s.ds, p, &opts, &Device::Cpu).unwrap();
+        r.miou.map(|i| i.mean).unwrap()
+    };
+    let (float_miou, int8_miou) = (eval(&path), eval(&int8));
+    assert!(
+        (float_miou - int8_miou).abs() < 0.1,
+        "float {float_miou} vs int8 {int8_miou}"
+    );
 }
 
 #[test]

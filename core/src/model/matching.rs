@@ -11,8 +11,8 @@
 //! Backbone features are frozen, so the prior carries no gradient and costs one matmul per level.
 
 use super::masks::LevelMask;
-use crate::ops::resize_bilinear;
 use crate::backbone::Features;
+use crate::ops::resize_bilinear;
 use candle_core::{Result, Tensor, D};
 
 /// Added to the cosine of positions of the other kind, so they never win the max (cosines ≥ −1).
@@ -31,8 +31,10 @@ pub fn matching_maps(feats: &Features) -> Result<Vec<Tensor>> {
         let norm = (t.sqr()?.sum_keepdim(1)?.sqrt()? + 1e-6)?;
         t.broadcast_div(&norm)
     };
-    let joint = (Tensor::cat(&levels.map(unit).into_iter().collect::<Result<Vec<_>>>()?, 1)?
-        / 3f64.sqrt())?;
+    let joint = (Tensor::cat(
+        &levels.map(unit).into_iter().collect::<Result<Vec<_>>>()?,
+        1,
+    )? / 3f64.sqrt())?;
     let mut maps: Vec<Tensor> = levels.iter().map(|t| t.detach()).collect();
     maps.push(joint);
     Ok(maps)

@@ -61,7 +61,7 @@ impl EpisodeArgs {
 /// Arguments of `mce-train eval`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EvalArgs {
-    /// Trained checkpoint (head, backbone and config).
+    /// Trained checkpoint (head, backbone and config), or an int8 artifact of `mce-calib`.
     #[arg(long)]
     pub checkpoint: PathBuf,
     #[command(flatten)]
