@@ -98,10 +98,7 @@ fn observe_episodes(
 ) -> Result<String> {
     let pool = ds.train_pool(opts.fold, opts.folds)?;
     let episodes = EpisodeSampler::new(opts.seed).episodes(&pool, 1, opts.episodes)?;
-    let refs: Vec<_> = episodes
-        .iter()
-        .flat_map(|e| std::iter::once(e.query).chain(e.supports.iter().copied()))
-        .collect();
+    let refs = mce_train::eval::episode_refs([episodes.as_slice()]);
     let size = file.config.image_size;
     let store = FeatureStore::build(ds, &refs, backbone, size, &[Variant::IDENTITY], device)?;
     let bar = mce_train::features::progress(episodes.len() as u64, "calibrate head");

@@ -14,6 +14,7 @@ use crate::calibrate::{self, CalibOptions, ExecChoice, Source};
 use crate::frames::FrameSource;
 use crate::report::{self, ReportInputs};
 use anyhow::{Context, Result};
+use mce_core::inference::{load_model_file, Segmenter};
 use mce_core::quant::{CalibrationTable, Method};
 use mce_train::data::{DatasetArgs, DatasetKind, Protocol};
 use mce_train::eval::cli::compute_device;
@@ -231,7 +232,11 @@ pub fn run(cmd: &Command) -> Result<()> {
             let segs = a
                 .models
                 .iter()
-                .map(|p| report::segmenter(p, &device))
+                .map(|p| {
+                    let m = load_model_file(p, &device)
+                        .with_context(|| format!("loading {}", p.display()))?;
+                    Ok(Segmenter::from_model(m, &device))
+                })
                 .collect::<Result<Vec<_>>>()?;
             let ms = report::interleaved_latency_ms(&segs.iter().collect::<Vec<_>>(), a.frames)?;
             let rows: Vec<serde_json::Value> = a

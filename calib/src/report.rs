@@ -73,20 +73,6 @@ fn asset(name: &str) -> PathBuf {
     models_dir().join("../assets/msrc").join(name)
 }
 
-/// The segmenter of a model file: a float checkpoint, or an int8 artifact run as the device runs it.
-pub fn segmenter(path: &Path, device: &Device) -> Result<Segmenter> {
-    let (config, head, backbone) = if artifact::is_quantized(path)? {
-        let m = artifact::load(path, device, LoadOptions::default())
-            .with_context(|| format!("loading {}", path.display()))?;
-        (m.config, m.head, m.backbone)
-    } else {
-        let m = checkpoint::load(path, device)
-            .with_context(|| format!("loading {}", path.display()))?;
-        (m.config, m.head, m.backbone)
-    };
-    Ok(Segmenter::new(config, backbone, head, device, true))
-}
-
 /// Median ms per frame of `segment` on the bundled bicycle photo (exemplar `8_10_s`, 1 class) for
 /// each segmenter. They are timed in turn, frame by frame, with the one that goes first rotating, so
 /// a change of load on the machine hits every variant alike.

@@ -447,13 +447,13 @@ fn bad_inputs_fail_naming_the_file_or_the_problem() {
     );
     let (good_table, _) = calibrate(&st, "max", "good");
     let float_name = st.float.file_name().unwrap().to_str().unwrap();
-    fails_with(
-        &[
+    let report_with = |table: &str, needles: &[&str]| {
+        let args = [
             "report",
             "--checkpoint",
             s(&st.float),
             "--table",
-            s(&good_table),
+            table,
             "--artifact",
             s(&st.float),
             "--dataset",
@@ -464,29 +464,14 @@ fn bad_inputs_fail_naming_the_file_or_the_problem() {
             "0",
             "--folds",
             "2",
-        ],
+        ];
+        fails_with(&args, needles);
+    };
+    report_with(
+        s(&good_table),
         &[float_name, "not a quantized mce artifact"],
     );
-    fails_with(
-        &[
-            "report",
-            "--checkpoint",
-            s(&st.float),
-            "--table",
-            s(&no_table),
-            "--artifact",
-            s(&st.float),
-            "--dataset",
-            "folders",
-            "--root",
-            s(&st.data),
-            "--fold",
-            "0",
-            "--folds",
-            "2",
-        ],
-        &["absent_table.json"],
-    );
+    report_with(s(&no_table), &["absent_table.json"]);
     assert!(
         !Path::new(&out).exists(),
         "a failed run must not leave an artifact"

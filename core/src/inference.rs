@@ -14,6 +14,7 @@ use crate::config::MceConfig;
 use crate::error::{Error, Result};
 use crate::model::{Mce, Mode, SupportEncoding};
 use crate::preprocess::{self, Mask, Prepared, Resize};
+use crate::quant::QuantSpec;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use image::RgbImage;
@@ -107,11 +108,46 @@ pub struct Segmenter {
     identity: std::sync::OnceLock<String>,
 }
 
+/// A trained model as every command loads it from a file.
+pub struct ModelFile {
+    pub config: MceConfig,
+    pub head: Mce,
+    pub backbone: AnyBackbone,
+    /// The quantization of an int8 artifact; `None` for a float checkpoint.
+    pub quant: Option<QuantSpec>,
+}
+
+/// Load a float checkpoint or, detected by its `format` metadata, an int8 artifact of `mce-calib`
+/// (run as its per-layer execution choice says).
+pub fn load_model_file(path: &Path, device: &Device) -> Result<ModelFile> {
+    if crate::quant::is_quantized(path)? {
+        let m = crate::quant::artifact::load(path, device, Default::default())?;
+        return Ok(ModelFile {
+            config: m.config,
+            head: m.head,
+            backbone: m.backbone,
+            quant: Some(m.spec),
+        });
+    }
+    let m = checkpoint::load(path, device)?;
+    Ok(ModelFile {
+        config: m.config,
+        head: m.head,
+        backbone: m.backbone,
+        quant: None,
+    })
+}
+
 impl Segmenter {
     /// Load a trained model from a checkpoint.
     pub fn from_checkpoint(path: &Path, device: &Device) -> Result<Self> {
         let m = checkpoint::load(path, device)?;
         Ok(Self::new(m.config, m.backbone, m.head, device, true))
+    }
+
+    /// A segmenter of a [`ModelFile`].
+    pub fn from_model(m: ModelFile, device: &Device) -> Self {
+        Self::new(m.config, m.backbone, m.head, device, true)
     }
 
     /// Pretrained backbone with an untrained (randomly initialised) head, for trying the pipeline

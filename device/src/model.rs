@@ -52,21 +52,19 @@ impl ModelArgs {
 
 /// A float checkpoint or, detected by its `format` metadata, an int8 artifact from `mce-calib`.
 fn load_model_file(path: &std::path::Path, device: &Device) -> Result<Segmenter> {
-    if mce_core::quant::is_quantized(path)? {
-        let m = mce_core::quant::artifact::load(path, device, Default::default())?;
+    let m = mce_core::inference::load_model_file(path, device)?;
+    if let Some(spec) = &m.quant {
         tracing::info!(
             "int8 model {} ({} layers, {} as quantized matmuls)",
             path.display(),
-            m.spec.layers.len(),
-            m.spec
-                .layers
+            spec.layers.len(),
+            spec.layers
                 .values()
                 .filter(|l| l.exec == mce_core::quant::Exec::QMatMul)
                 .count()
         );
-        return Ok(Segmenter::new(m.config, m.backbone, m.head, device, true));
     }
-    Ok(Segmenter::from_checkpoint(path, device)?)
+    Ok(Segmenter::from_model(m, device))
 }
 
 /// The loud warning every untrained-head run prints.

@@ -248,21 +248,12 @@ pub fn evaluate_checkpoint(
     device: &Device,
 ) -> Result<EvalReport> {
     // A float checkpoint, or an int8 artifact (`mce-calib`) run as the device runs it.
-    let (config, head, backbone) = match mce_core::quant::is_quantized(checkpoint)? {
-        true => {
-            let m = mce_core::quant::artifact::load(checkpoint, device, Default::default())?;
-            (m.config, m.head, m.backbone)
-        }
-        false => {
-            let m = mce_core::checkpoint::load(checkpoint, device)?;
-            (m.config, m.head, m.backbone)
-        }
-    };
+    let model = mce_core::inference::load_model_file(checkpoint, device)?;
     let lists = seed_episodes(ds, opts)?;
     let start = Instant::now();
-    let store = build_store(ds, &lists, &backbone, config.image_size, device)?;
+    let store = build_store(ds, &lists, &model.backbone, model.config.image_size, device)?;
     let feature_seconds = start.elapsed().as_secs_f64();
-    let mut report = evaluate(ds, &head, &store, opts)?;
+    let mut report = evaluate(ds, &model.head, &store, opts)?;
     report
         .notes
         .push(format!("checkpoint: {}", checkpoint.display()));

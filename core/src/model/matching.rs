@@ -3,8 +3,8 @@
 //!
 //! For every query position and backbone level, and for the joint map of all three levels
 //! ([`matching_maps`]): the best cosine similarity to a support foreground position minus the best
-//! cosine to a support background position, over the positions of *all* K shots at once. Averaging per-shot maps (the paper's K-shot fusion) loses what joint
-//! matching keeps: a query part that resembles one shot's object is found even when the other shots
+//! cosine to a support background position, over the positions of *all* K shots at once.
+//! Averaging per-shot maps (the paper's K-shot fusion) loses what joint matching keeps: a query part that resembles one shot's object is found even when the other shots
 //! show the object from another side. On MSRC-v2 this rule alone is the strongest training-free
 //! baseline (`mce-train baselines`); as a decoder input it gives the head that evidence directly.
 //!
@@ -26,11 +26,7 @@ const EXCLUDE: f64 = 4.0;
 pub fn matching_maps(feats: &Features) -> Result<Vec<Tensor>> {
     let levels = feats.levels();
     let (_, _, h, w) = levels[0].dims4()?;
-    let unit = |t: &Tensor| -> Result<Tensor> {
-        let t = resize_bilinear(&t.detach(), h, w)?;
-        let norm = (t.sqr()?.sum_keepdim(1)?.sqrt()? + 1e-6)?;
-        t.broadcast_div(&norm)
-    };
+    let unit = |t: &Tensor| unit_channels(&resize_bilinear(&t.detach(), h, w)?);
     let joint = (Tensor::cat(
         &levels.map(unit).into_iter().collect::<Result<Vec<_>>>()?,
         1,
@@ -40,12 +36,16 @@ pub fn matching_maps(feats: &Features) -> Result<Vec<Tensor>> {
     Ok(maps)
 }
 
+/// Divide every position's channel vector (dim 1) by its L2 norm (+1e-6).
+fn unit_channels(x: &Tensor) -> Result<Tensor> {
+    let norm = (x.sqr()?.sum_keepdim(1)?.sqrt()? + 1e-6)?;
+    x.broadcast_div(&norm)
+}
+
 /// L2-normalise over channels and flatten: `(B, C, h, w)` → `(B, C, h·w)`.
 pub fn normalized_tokens(feats: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = feats.dims4()?;
-    let x = feats.detach().reshape((b, c, h * w))?;
-    let norm = (x.sqr()?.sum_keepdim(1)?.sqrt()? + 1e-6)?;
-    x.broadcast_div(&norm)
+    unit_channels(&feats.detach().reshape((b, c, h * w))?)
 }
 
 /// One shot's side of the prior at one level: normalised support tokens and their fg/bg masks.

@@ -11,14 +11,14 @@
 //! ```
 //!
 //! With K shots, `f_cross`, `V_s` and `A_sim` are averaged over the shots before the concatenation.
+//! Support-only work lives in [`SupportEncoding`] and query-only work in [`QueryEncoding`], so the
+//! device encodes each exemplar once and each frame once, then runs only [`Mce::decode`] per class.
 //!
 //! Options beyond the paper (all off in the presets): `matching_prior` appends the
 //! nearest-neighbour priors of levels 2, 3, 4 and of their joint map, matched over all shots
 //! jointly ([`matching`]); `prior_residual` adds a learned multiple of the joint prior to the
-//! logits, so the head starts as the nearest-neighbour rule
-//! ([`decoder`]); [`DecoderInput::Matching`] keeps only `A_sim` and the priors, a class-agnostic input.
-//! Support-only work lives in [`SupportEncoding`] and query-only work in [`QueryEncoding`], so the
-//! device encodes each exemplar once and each frame once, then runs only [`Mce::decode`] per class.
+//! logits, so the head starts as the nearest-neighbour rule ([`decoder`]);
+//! [`DecoderInput::Matching`] keeps only `A_sim` and the priors, a class-agnostic input.
 
 pub mod conv;
 pub mod cross_encoding;

@@ -12,8 +12,8 @@
 //! the choice made this way the int8 model never runs a layer slower than float does on that CPU,
 //! up to timer noise; [`LayerTiming`] is recorded per layer in the artifact.
 
+use super::layers::QuantPlan;
 use super::layers::{build_with, cpu_exec, q8_matmul, Exec, LayerHook, LayerInfo, Observer};
-use super::layers::{LayerKind, QuantPlan};
 use crate::backbone::{AnyBackbone, Backbone};
 use crate::checkpoint::CheckpointFile;
 use crate::error::{Error, Result};
@@ -110,7 +110,7 @@ struct TimingPlan(Arc<Timer>);
 impl QuantPlan for TimingPlan {
     fn hook(&self, layer: &LayerInfo) -> candle_core::Result<Option<LayerHook>> {
         let in_features = layer.weight.elem_count() / layer.weight.dim(0)?.max(1);
-        if layer.kind != LayerKind::Linear || cpu_exec(layer.kind, in_features) != Exec::QMatMul {
+        if cpu_exec(layer.kind, in_features) != Exec::QMatMul {
             return Ok(None);
         }
         let candidate = Candidate {

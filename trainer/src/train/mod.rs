@@ -127,10 +127,7 @@ pub fn train(
         .then(|| online::OnlineBatches::new(ds, backbone, cfg.model.image_size));
     let refs = match online {
         // Only validation reads the cache.
-        Some(_) => val_episodes
-            .iter()
-            .flat_map(|e| std::iter::once(e.query).chain(e.supports.iter().copied()))
-            .collect(),
+        Some(_) => crate::eval::episode_refs([val_episodes.as_slice()]),
         None => refs,
     };
     let store = FeatureStore::build(ds, &refs, backbone, cfg.model.image_size, &variants, device)?;

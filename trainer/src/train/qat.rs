@@ -12,7 +12,7 @@
 //! `mce-calib quantize --checkpoint out/qat.safetensors --table T` then writes its int8 artifact.
 
 use super::{batch, TrainConfig};
-use crate::data::{ClassPool, Episode, EpisodeSampler, FewShotDataset, SampleRef};
+use crate::data::{ClassPool, Episode, EpisodeSampler, FewShotDataset};
 use crate::features::{progress, FeatureStore};
 use crate::optim::{warmup_poly_lr, Sgd};
 use crate::transform::Variant;
@@ -29,7 +29,7 @@ use mce_core::quant::plan::SimulatePlan;
 use mce_core::quant::CalibrationTable;
 use mce_core::{AnyBackbone, Mce};
 use rand_chacha::rand_core::SeedableRng;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -208,13 +208,7 @@ pub fn qat(
     let model = QatModel::new(inputs, device)?;
     let pool = ds.train_pool(cfg.fold, cfg.folds)?;
     let steps = schedule(&pool, cfg)?;
-    let refs: Vec<SampleRef> = steps
-        .iter()
-        .flatten()
-        .flat_map(|e| std::iter::once(e.query).chain(e.supports.iter().copied()))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let refs = crate::eval::episode_refs(steps.iter().map(Vec::as_slice));
     tracing::info!(
         "QAT of {} for {} steps: {} (image, class) pairs of fold {}/{}",
         inputs.from.display(),
