@@ -71,6 +71,7 @@ fn trained_checkpoint_segments_through_the_device_cli() {
         max_minutes: None,
         stop_at: None,
         online: false,
+        loss: Default::default(),
     };
     let device = candle_core::Device::Cpu;
     let weights = lite0_weights_path();

@@ -125,6 +125,7 @@ fn config(steps: usize) -> TrainConfig {
         max_minutes: None,
         stop_at: None,
         online: true,
+        loss: Default::default(),
     }
 }
 
@@ -172,6 +173,7 @@ fn online_training_runs_and_resumes_bit_for_bit() {
     // the cached mode on the same schedule sees other (unaugmented) inputs: other weights
     let cached = TrainConfig {
         online: false,
+        loss: Default::default(),
         ..config(3)
     };
     run(&cached, "cached", false);

@@ -73,6 +73,7 @@ fn train_config(steps: usize) -> TrainConfig {
         max_minutes: None,
         stop_at: None,
         online: false,
+        loss: Default::default(),
     }
 }
 

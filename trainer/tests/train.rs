@@ -50,6 +50,7 @@ fn config(steps: usize) -> TrainConfig {
         max_minutes: None,
         stop_at: None,
         online: false,
+        loss: Default::default(),
     }
 }
 
@@ -153,6 +154,39 @@ fn trains_checkpoints_and_resumes_bit_for_bit() {
     )
     .unwrap();
     assert_ne!(weights(&two.join("last.safetensors")), a);
+
+    // the Dice term is really minimised: the same 2 steps end elsewhere, and the first step's loss
+    // (same start, same batch) is the cross-entropy plus a positive Dice term
+    let dice = tmp("dice");
+    let with_dice = TrainConfig {
+        loss: mce_core::model::loss::LossKind::CrossEntropyDice,
+        ..config(2)
+    };
+    train(
+        &ds,
+        &with_dice,
+        &backbone,
+        &weights_path,
+        dice.clone(),
+        false,
+        &device,
+    )
+    .unwrap();
+    assert_ne!(
+        weights(&dice.join("last.safetensors")),
+        weights(&two.join("last.safetensors"))
+    );
+    let first_loss = |dir: &Path| -> f64 {
+        let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+        let line = log.lines().find(|l| l.contains("\"loss\"")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        v["loss"].as_f64().unwrap()
+    };
+    let (ce, ce_dice) = (first_loss(&two), first_loss(&dice));
+    assert!(
+        ce_dice > ce + 0.05 && ce_dice < ce + 1.0,
+        "{ce} vs {ce_dice}"
+    );
 
     // the checkpoint is a complete model the device can load
     let seg = mce_core::inference::Segmenter::from_checkpoint(

@@ -6,8 +6,18 @@ use crate::optim::SgdConfig;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use mce_core::inference::{lite0_weights_path, load_backbone};
+use mce_core::model::loss::LossKind;
 use mce_core::{BackboneKind, MceConfig};
 use std::path::PathBuf;
+
+/// `--loss` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LossArg {
+    /// Pixel cross-entropy (the paper).
+    Ce,
+    /// Cross-entropy plus the per-episode soft Dice of the foreground.
+    CeDice,
+}
 
 /// Flags of `train`.
 #[derive(Debug, clap::Args)]
@@ -83,6 +93,9 @@ pub struct TrainArgs {
     /// rotation, blur, flip, padded crop). For a GPU; on a CPU the default feature cache is faster.
     #[arg(long, conflicts_with = "qat")]
     pub online: bool,
+    /// Loss: the paper's pixel cross-entropy, or cross-entropy plus a per-episode soft Dice term.
+    #[arg(long, value_enum, default_value_t = LossArg::Ce)]
+    pub loss: LossArg,
     /// Run directory (checkpoints, log.jsonl).
     #[arg(long)]
     pub out: PathBuf,
@@ -165,6 +178,10 @@ impl TrainArgs {
             max_minutes: self.max_minutes,
             stop_at: self.stop_at,
             online: self.online,
+            loss: match self.loss {
+                LossArg::Ce => LossKind::CrossEntropy,
+                LossArg::CeDice => LossKind::CrossEntropyDice,
+            },
         })
     }
 }

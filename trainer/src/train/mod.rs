@@ -24,7 +24,7 @@ use crate::transform::Variant;
 use crate::{Error, Result};
 use candle_core::{DType, Device};
 use candle_nn::{Optimizer, VarMap};
-use mce_core::model::loss::cross_entropy_ignore;
+use mce_core::model::loss::LossKind;
 use mce_core::model::Mode;
 use mce_core::ops::splitmix64;
 use mce_core::{checkpoint, AnyBackbone, Mce, MceConfig};
@@ -68,6 +68,9 @@ pub struct TrainConfig {
     /// the feature cache.
     #[serde(default)]
     pub online: bool,
+    /// The loss minimised (absent from older runs, which read as the paper's cross-entropy).
+    #[serde(default)]
+    pub loss: LossKind,
 }
 
 /// What a run reports at the end.
@@ -190,7 +193,7 @@ pub fn train(
                 seed: step_seed ^ 2,
             },
         )?;
-        let loss = cross_entropy_ignore(&logits, &b.labels)?;
+        let loss = cfg.loss.loss(&logits, &b.labels)?;
         let lr = warmup_poly_lr(
             cfg.sgd.lr,
             step,
