@@ -31,7 +31,7 @@ enum Command {
     /// mismatches and classes with too few images.
     CheckData(CheckDataArgs),
     /// Meta-train the MCE head on a dataset's training classes of one fold.
-    Train(mce_train::train::cli::TrainArgs),
+    Train(Box<mce_train::train::cli::TrainArgs>),
     /// Evaluate a checkpoint on a fold's test episodes (several seeds, original resolution).
     Eval(mce_train::eval::EvalArgs),
     /// Training-free baselines (all foreground, prototype cosine, nearest neighbour) on the same
