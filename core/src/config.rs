@@ -110,12 +110,6 @@ pub struct MceConfig {
     /// The decoder's input (absent from older checkpoints, which read as `full`).
     #[serde(default)]
     pub decoder_input: DecoderInput,
-    /// Not in the paper: five more class-agnostic channels from the joint map (best and soft-mean
-    /// cosines to the support foreground and background, and the prior spread over the query's
-    /// self-affinity; [`crate::model::evidence`]). Needs `matching_prior`. Absent from older
-    /// checkpoints, which read as `false`.
-    #[serde(default)]
-    pub matching_stats: bool,
 }
 
 impl MceConfig {
@@ -141,7 +135,6 @@ impl MceConfig {
             matching_prior: false,
             prior_residual: false,
             decoder_input: DecoderInput::Full,
-            matching_stats: false,
         }
     }
 
@@ -195,9 +188,6 @@ impl MceConfig {
         if self.prior_residual && !self.matching_prior {
             return bad("prior_residual needs matching_prior".into());
         }
-        if self.matching_stats && !self.matching_prior {
-            return bad("matching_stats needs matching_prior".into());
-        }
         if self.decoder_input == DecoderInput::Matching && (!self.matching_prior || self.use_cross)
         {
             return bad("decoder_input `matching` needs matching_prior and no use_cross".into());
@@ -226,11 +216,6 @@ impl MceConfig {
             + if self.use_cross { self.reduce_dim } else { 0 }
             + usize::from(self.use_similarity)
             + if self.matching_prior { 4 } else { 0 }
-            + if self.matching_stats {
-                crate::model::evidence::CHANNELS
-            } else {
-                0
-            }
     }
 }
 

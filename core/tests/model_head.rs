@@ -302,50 +302,9 @@ fn shapes_paper_preset_k_1_2_5() -> Result<()> {
 /// config is refused without the prior it builds on.
 #[test]
 fn prior_residual_head_starts_as_the_matching_rule() -> Result<()> {
-    residual_head_starts_as_the_rule(false)
-}
-
-/// With the matching statistics the joint prior is still the last channel, so the fresh head is
-/// still the rule, and the five statistics sit just before it.
-#[test]
-fn matching_stats_add_five_channels_before_the_joint_prior() -> Result<()> {
-    let base = MceConfig {
-        matching_prior: true,
-        ..small(Branches::Both)
-    };
-    let cfg = MceConfig {
-        matching_stats: true,
-        ..base.clone()
-    };
-    assert_eq!(cfg.decoder_in(), base.decoder_in() + 5);
-    let (_, m) = head(&cfg)?;
-    let q = m.encode_query(&features(&cfg, 2, 1.0)?, Mode::Eval)?;
-    let mask = block_mask(2, cfg.image_size, 8, 40)?;
-    let shot = m.encode_support(&features(&cfg, 2, 5.0)?, &mask, Mode::Eval)?;
-    let x = m.decoder_input(&q, std::slice::from_ref(&shot))?;
-    let c = cfg.decoder_in();
-    let ch = |i: usize| x.narrow(1, i, 1);
-    // fg_best − bg_best (channels c−6, c−5) is the joint prior (channel c−1)
-    let diff = (ch(c - 6)? - ch(c - 5)?)?;
-    assert!(max_abs_diff(&diff, &ch(c - 1)?)? < 1e-5);
-    // a soft mean never exceeds its best
-    let excess = (ch(c - 4)? - ch(c - 6)?)?.max_all()?.to_scalar::<f32>()?;
-    assert!(excess < 1e-5, "{excess}");
-    // the spread prior differs from the prior but stays within its range
-    assert!(max_abs_diff(&ch(c - 2)?, &ch(c - 1)?)? > 1e-4);
-    let without_prior = MceConfig {
-        matching_prior: false,
-        ..cfg.clone()
-    };
-    assert!(without_prior.validate().is_err());
-    residual_head_starts_as_the_rule(true)
-}
-
-fn residual_head_starts_as_the_rule(matching_stats: bool) -> Result<()> {
     let cfg = MceConfig {
         matching_prior: true,
         prior_residual: true,
-        matching_stats,
         ..small(Branches::Both)
     };
     let (_, m) = head(&cfg)?;
@@ -360,7 +319,6 @@ fn residual_head_starts_as_the_rule(matching_stats: bool) -> Result<()> {
     assert!(expected.abs()?.max_all()?.to_scalar::<f32>()? > 1e-2);
     let bad = MceConfig {
         matching_prior: false,
-        matching_stats: false,
         ..cfg
     };
     assert!(bad.validate().is_err());

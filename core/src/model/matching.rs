@@ -57,8 +57,6 @@ pub struct SupportMatching {
     fg_bias: Tensor,
     /// `(B, 1, N)`: 0 on background positions, −EXCLUDE on foreground ones.
     bg_bias: Tensor,
-    /// `(B, 1, N)`: 1 on foreground positions, 0 on background ones.
-    keep: Tensor,
 }
 
 impl SupportMatching {
@@ -69,70 +67,27 @@ impl SupportMatching {
         Ok(Self {
             tokens: normalized_tokens(feats)?,
             fg_bias: ((keep.clone() - 1.0)? * EXCLUDE)?,
-            bg_bias: (&keep * -EXCLUDE)?,
-            keep,
+            bg_bias: (keep * -EXCLUDE)?,
         })
-    }
-}
-
-/// A query's cosines to the positions of K shots at one level, pooled over the shots.
-#[derive(Debug, Clone)]
-pub struct Matches {
-    /// `(B, hw, K·N)` cosine of every query position to every support position.
-    pub cos: Tensor,
-    /// `(B, 1, K·N)` additive masks: 0 where a position is foreground (background), −EXCLUDE
-    /// elsewhere.
-    pub fg_bias: Tensor,
-    pub bg_bias: Tensor,
-    /// `(B, 1, K·N)` 1 where a position is foreground (background), else 0.
-    pub fg_keep: Tensor,
-    pub bg_keep: Tensor,
-}
-
-impl Matches {
-    /// `query (B, C, h, w)` against the shots' support positions.
-    pub fn new(query: &Tensor, shots: &[&SupportMatching]) -> Result<Self> {
-        let q = normalized_tokens(query)?.transpose(1, 2)?.contiguous()?; // (B, hw, C)
-        let cat = |f: &dyn Fn(&SupportMatching) -> Tensor| {
-            Tensor::cat(&shots.iter().map(|s| f(s)).collect::<Vec<_>>(), 2)
-        };
-        let s = cat(&|s| s.tokens.clone())?; // (B, C, K·N)
-        debug_assert_eq!(s.dim(1)?, query.dim(1)?);
-        let fg_keep = cat(&|s| s.keep.clone())?;
-        Ok(Self {
-            cos: q.matmul(&s.contiguous()?)?,
-            fg_bias: cat(&|s| s.fg_bias.clone())?,
-            bg_bias: cat(&|s| s.bg_bias.clone())?,
-            bg_keep: fg_keep.affine(-1.0, 1.0)?,
-            fg_keep,
-        })
-    }
-
-    /// Best cosine to a foreground position, `(B, hw, 1)` in [−1, 1] (−1 without any).
-    pub fn fg_best(&self) -> Result<Tensor> {
-        self.best(&self.fg_bias)
-    }
-
-    /// Best cosine to a background position, `(B, hw, 1)` in [−1, 1] (−1 without any).
-    pub fn bg_best(&self) -> Result<Tensor> {
-        self.best(&self.bg_bias)
-    }
-
-    /// A side without positions would leave −EXCLUDE in the max: clamp to a cosine.
-    fn best(&self, bias: &Tensor) -> Result<Tensor> {
-        self.cos
-            .broadcast_add(bias)?
-            .max_keepdim(D::Minus1)?
-            .clamp(-1.0, 1.0)
     }
 }
 
 /// The prior at one level for a query and K shots, resized to the `g × g` grid: `(B, 1, g, g)`,
 /// values in [−2, 2].
 pub fn level_prior(query: &Tensor, shots: &[&SupportMatching], g: usize) -> Result<Tensor> {
-    let (b, _, h, w) = query.dims4()?;
-    let m = Matches::new(query, shots)?;
-    let prior = (m.fg_best()? - m.bg_best()?)?; // (B, hw, 1)
+    let (b, c, h, w) = query.dims4()?;
+    let q = normalized_tokens(query)?.transpose(1, 2)?.contiguous()?; // (B, hw, C)
+    let cat = |f: &dyn Fn(&SupportMatching) -> Tensor| {
+        Tensor::cat(&shots.iter().map(|s| f(s)).collect::<Vec<_>>(), 2)
+    };
+    let s = cat(&|s| s.tokens.clone())?; // (B, C, K·N)
+    debug_assert_eq!(s.dim(1)?, c);
+    let cos = q.matmul(&s.contiguous()?)?; // (B, hw, K·N)
+    let best = |bias: &Tensor| cos.broadcast_add(bias)?.max_keepdim(D::Minus1);
+    let fg = best(&cat(&|s| s.fg_bias.clone())?)?; // (B, hw, 1)
+    let bg = best(&cat(&|s| s.bg_bias.clone())?)?;
+    // A level without background (or foreground) positions would leave −EXCLUDE in the max.
+    let prior = (fg.clamp(-1.0, 1.0)? - bg.clamp(-1.0, 1.0)?)?;
     resize_bilinear(&prior.reshape((b, 1, h, w))?, g, g)
 }
 

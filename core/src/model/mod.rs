@@ -17,15 +17,12 @@
 //! Options beyond the paper (all off in the presets): `matching_prior` appends the
 //! nearest-neighbour priors of levels 2, 3, 4 and of their joint map, matched over all shots
 //! jointly ([`matching`]); `prior_residual` adds a learned multiple of the joint prior to the
-//! logits, so the head starts as the nearest-neighbour rule ([`decoder`]); `matching_stats` adds
-//! five more statistics of the joint map (best and soft-mean cosines per side, the prior spread
-//! over the query's self-affinity; [`evidence`]); [`DecoderInput::Matching`] keeps only `A_sim`
-//! and this matching evidence, a class-agnostic input.
+//! logits, so the head starts as the nearest-neighbour rule ([`decoder`]);
+//! [`DecoderInput::Matching`] keeps only `A_sim` and the priors, a class-agnostic input.
 
 pub mod conv;
 pub mod cross_encoding;
 pub mod decoder;
-pub mod evidence;
 pub mod init;
 pub mod loss;
 pub mod masks;
@@ -89,8 +86,6 @@ pub struct QueryEncoding {
     tokens: Vec<QueryTokens>,
     /// Levels 2, 3, 4 and the joint map for the matching prior (empty when the config leaves it out).
     levels: Vec<Tensor>,
-    /// Self-affinity of the joint map `(B, hw, hw)` (only with `matching_stats`).
-    affinity: Option<Tensor>,
 }
 
 /// The trainable MCE head on top of a frozen backbone.
@@ -232,21 +227,15 @@ impl Mce {
                 .collect::<Result<Vec<_>>>()?,
             None => vec![],
         };
-        let levels = match self.config.matching_prior {
-            true => matching::matching_maps(feats)?,
-            false => vec![],
-        };
-        let affinity = match (self.config.matching_stats, levels.last()) {
-            (true, Some(joint)) => Some(evidence::query_affinity(joint)?),
-            _ => None,
-        };
         Ok(QueryEncoding {
             mid: self.mid_level(self.down_query.as_ref(), feats, mode)?,
             grid: feats.level2.dim(2)?,
             level4: feats.level4.clone(),
             tokens,
-            levels,
-            affinity,
+            levels: match self.config.matching_prior {
+                true => matching::matching_maps(feats)?,
+                false => vec![],
+            },
         })
     }
 
@@ -279,7 +268,7 @@ impl Mce {
 
     /// The decoder input `X = cat(f_Q, V_s, f_cross, A_sim)`, each support term averaged over the
     /// K shots, then (optionally) the matching priors of levels 2, 3, 4 and of the joint map, over
-    /// all shots jointly (with `matching_stats`, the joint map's statistics before its prior):
+    /// all shots jointly:
     /// `(B, decoder_in, g, g)`.
     pub fn decoder_input(
         &self,
@@ -304,14 +293,9 @@ impl Mce {
         for t in sums {
             x.push((t / k)?);
         }
-        let joint = query.levels.len().saturating_sub(1);
         for (l, q) in query.levels.iter().enumerate() {
             let level: Vec<_> = shots.iter().map(|s| &s.matching[l]).collect();
-            x.push(match (&query.affinity, l == joint) {
-                // The statistics, then the joint prior: the prior stays the last channel.
-                (Some(a), true) => evidence::joint_evidence(q, a, &level, g)?,
-                _ => matching::level_prior(q, &level, g)?,
-            });
+            x.push(matching::level_prior(q, &level, g)?);
         }
         Tensor::cat(&x, 1)
     }

@@ -38,11 +38,6 @@ pub struct TrainArgs {
     /// the priors to the logits, zero-initialised classifier; implies --matching-prior).
     #[arg(long)]
     pub prior_residual: bool,
-    /// Also feed the decoder five statistics of the joint matching map (best and soft-mean
-    /// cosines per side, the prior spread over the query's self-affinity; implies
-    /// --matching-prior; see `mce_core::model::evidence`).
-    #[arg(long)]
-    pub matching_stats: bool,
     /// Feed the decoder only class-agnostic evidence (similarity map and matching priors; no
     /// query or prototype features, no cross-encoding). Implies --matching-prior.
     #[arg(long)]
@@ -147,8 +142,6 @@ impl TrainArgs {
         let mut model = MceConfig::preset(&self.preset)?;
         model.matching_prior |= self.matching_prior || self.prior_residual;
         model.prior_residual |= self.prior_residual;
-        model.matching_stats |= self.matching_stats;
-        model.matching_prior |= self.matching_stats;
         if self.class_agnostic {
             model.matching_prior = true;
             model.use_cross = false;
