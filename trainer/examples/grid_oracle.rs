@@ -33,15 +33,10 @@ impl EpisodeModel for GridOracle {
     }
 
     fn logits(&self, view: &CanvasView, _: &(), ep: &Episode) -> Result<Tensor> {
-        let s = view.size();
-        let label: Vec<f32> = view
-            .label(ep.query)?
-            .iter()
-            .map(|&v| f32::from(v == 1))
-            .collect();
-        let label = Tensor::from_vec(label, (1, 1, s, s), &Device::Cpu)?;
-        let share = resize_bilinear(&label, self.grid, self.grid)?;
-        score_logits(&share, 0.5, s)
+        // The query's canvas label as a 0/1 mask, as a support's would be.
+        let class = view.support_mask(ep.query)?;
+        let share = resize_bilinear(&class, self.grid, self.grid)?;
+        score_logits(&share, 0.5, view.size())
     }
 }
 
