@@ -19,11 +19,10 @@ use mce_core::checkpoint::{self, CheckpointFile};
 use mce_core::inference::Segmenter;
 use mce_core::model::Mode;
 use mce_core::quant::artifact::{self, QuantSpec, SENSITIVE_LITE0};
-use mce_core::quant::layers::build_with;
 use mce_core::quant::plan::{HistogramObserver, RecordPlan};
 use mce_core::quant::scale::sqnr_db;
 use mce_core::quant::table::TABLE_FORMAT;
-use mce_core::quant::{timing, CalibrationTable, Exec, Method, QuantizedWeight};
+use mce_core::quant::{timing, CalibrationTable, Exec, Method, QuantVarBuilder, QuantizedWeight};
 use mce_core::{AnyBackbone, BackboneKind, Mce};
 use mce_train::data::{EpisodeSampler, FewShotDataset};
 use mce_train::features::FeatureStore;
@@ -60,12 +59,8 @@ fn observed_model(
 ) -> Result<(Mce, AnyBackbone, Arc<RecordPlan>)> {
     let plan = Arc::new(RecordPlan::observing(observer));
     let vb = VarBuilder::from_tensors(file.tensors.clone(), DType::F32, device);
-    let (head, backbone) = build_with(plan.clone(), || -> candle_core::Result<_> {
-        Ok((
-            Mce::new(&file.config, vb.clone())?,
-            AnyBackbone::new(file.config.backbone, vb.pp("backbone"))?,
-        ))
-    })?;
+    let (head, backbone) =
+        mce_core::checkpoint::build_model(&file.config, QuantVarBuilder::new(vb, plan.clone()))?;
     Ok((head, backbone, plan))
 }
 

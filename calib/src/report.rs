@@ -9,10 +9,9 @@ use mce_core::checkpoint::{self, CheckpointFile};
 use mce_core::inference::{models_dir, Segmenter};
 use mce_core::preprocess::{load_mask, load_rgb, MaskEncoding};
 use mce_core::quant::artifact::{self, LoadOptions};
-use mce_core::quant::layers::build_with;
 use mce_core::quant::plan::SimulatePlan;
 use mce_core::quant::timing::LayerTiming;
-use mce_core::quant::{CalibrationTable, Method};
+use mce_core::quant::{CalibrationTable, Method, QuantVarBuilder};
 use mce_core::{AnyBackbone, Mce, MceConfig};
 use mce_train::data::FewShotDataset;
 use mce_train::eval::{build_store, evaluate, seed_episodes, EvalOptions};
@@ -121,12 +120,10 @@ fn simulated(
         keep_float: keep_float.to_vec(),
     });
     let vb = VarBuilder::from_tensors(file.tensors.clone(), DType::F32, device);
-    Ok(build_with(plan, || -> candle_core::Result<_> {
-        Ok((
-            Mce::new(&file.config, vb.clone())?,
-            AnyBackbone::new(file.config.backbone, vb.pp("backbone"))?,
-        ))
-    })?)
+    Ok(mce_core::checkpoint::build_model(
+        &file.config,
+        QuantVarBuilder::new(vb, plan),
+    )?)
 }
 
 #[allow(clippy::too_many_arguments)]

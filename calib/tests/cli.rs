@@ -9,7 +9,7 @@ use mce_core::checkpoint;
 use mce_core::inference::lite0_weights_path;
 use mce_core::quant::artifact::{self, LoadOptions};
 use mce_core::quant::{is_quantized, Method};
-use mce_core::{Mce, MceConfig};
+use mce_core::Mce;
 use mce_testkit::SquareFolders;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -28,14 +28,7 @@ fn fixture(root: &Path) {
 
 /// A float checkpoint: seeded head of a tiny config (64² input) and the bundled Lite0 backbone.
 fn float_checkpoint(path: &Path) {
-    let cfg = MceConfig {
-        image_size: 64,
-        reduce_dim: 32,
-        d_model: 32,
-        heads: 2,
-        decoder_dim: 32,
-        ..MceConfig::edge_lite0()
-    };
+    let cfg = mce_testkit::tiny_edge_config(64);
     let vm = VarMap::new();
     let vb = mce_core::model::init::seeded_varbuilder(&vm, 11, DType::F32, &Device::Cpu);
     Mce::new(&cfg, vb).unwrap();

@@ -9,6 +9,7 @@ use crate::backbone::AnyBackbone;
 use crate::config::MceConfig;
 use crate::error::{Error, Result};
 use crate::model::Mce;
+use crate::quant::QuantVarBuilder;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use std::collections::{BTreeMap, HashMap};
@@ -228,6 +229,18 @@ pub fn backbone_from(file: &CheckpointFile, device: &Device) -> Result<AnyBackbo
     let vb = VarBuilder::from_tensors(file.tensors.clone(), DType::F32, device);
     AnyBackbone::new(file.config.backbone, vb.pp("backbone"))
         .map_err(|e| ckpt_err(&file.path, format!("backbone: {e}")))
+}
+
+/// Build the head (tensors at the root) and the backbone (under `backbone.`) of the model `config`
+/// describes from one set of tensors, with `vb`'s quantization plan if it has one.
+pub fn build_model<'a>(
+    config: &MceConfig,
+    vb: impl Into<QuantVarBuilder<'a>>,
+) -> candle_core::Result<(Mce, AnyBackbone)> {
+    let vb = vb.into();
+    let head = Mce::new(config, vb.clone())?;
+    let backbone = AnyBackbone::new(config.backbone, vb.pp("backbone"))?;
+    Ok((head, backbone))
 }
 
 /// A model loaded from a checkpoint: config, an inference head (no autograd), the same weights as

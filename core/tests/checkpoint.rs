@@ -119,7 +119,7 @@ fn mismatched_tensors_are_named() {
     let cfg = small();
     let (path, vm) = save_fresh(&cfg, "shape.safetensors");
     let mut other = cfg.clone();
-    other.d_model = 64;
+    other.paper_mut().unwrap().d_model = 64;
     let tensors: BTreeMap<String, Tensor> = vm
         .data()
         .lock()

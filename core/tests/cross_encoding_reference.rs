@@ -128,16 +128,14 @@ fn mlp(x: &Mat, w: &Weights, p: &str) -> Mat {
 #[test]
 fn level_encoder_matches_a_loop_reference() -> Result<()> {
     let dev = Device::Cpu;
-    let cfg = MceConfig {
+    let mut cfg = MceConfig {
         image_size: 24, // level-2 grid 3×3
-        reduce_dim: 8,
-        d_model: 8,
-        heads: 2,
-        mlp_ratio: 2,
-        decoder_dim: 8,
-        levels: vec![2],
         ..MceConfig::edge_lite0()
     };
+    let p = cfg.paper_mut().unwrap();
+    (p.reduce_dim, p.d_model, p.heads, p.mlp_ratio) = (8, 8, 2, 2);
+    (p.decoder.dim, p.levels) = (8, vec![2]);
+    let (d_model, heads) = (p.d_model, p.heads);
     let vm = VarMap::new();
     let m = Mce::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
     let enc = &m.cross_encoding().unwrap().levels().next().unwrap().1;
@@ -150,7 +148,7 @@ fn level_encoder_matches_a_loop_reference() -> Result<()> {
     let mask_v: Vec<f32> = fg.iter().map(|&b| f32::from(u8::from(b))).collect();
     let mask = Tensor::from_vec(mask_v, (1, 1, g, g), &dev)?;
     let ours = enc.forward(&enc.encode_query(&fq)?, &enc.encode_support(&fs, &mask)?)?;
-    let ours = ours.reshape((cfg.d_model, n))?.to_vec2::<f32>()?;
+    let ours = ours.reshape((d_model, n))?.to_vec2::<f32>()?;
 
     // ---- reference ----
     let vars = vm.data().lock().unwrap();
@@ -191,14 +189,14 @@ fn level_encoder_matches_a_loop_reference() -> Result<()> {
     let (q_q, q_k, q_v) = (lin(&q, "query_q"), lin(&q, "query_k"), lin(&q, "query_v"));
 
     // support branch (5-6): background support keys excluded
-    let r_s = attention(&s_q, &s_k, &q_v, &fg, cfg.heads);
+    let r_s = attention(&s_q, &s_k, &q_v, &fg, heads);
     // query branch (7-8): all query keys, support values times the mask
     let sv_masked: Mat = s_v
         .iter()
         .zip(fg)
         .map(|(r, keep)| r.iter().map(|v| if keep { *v } else { 0.0 }).collect())
         .collect();
-    let r_q = attention(&q_q, &q_k, &sv_masked, &[true; 9], cfg.heads);
+    let r_q = attention(&q_q, &q_k, &sv_masked, &[true; 9], heads);
     // (9)
     let f_s = mlp(
         &layer_norm(

@@ -7,7 +7,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use mce_core::config::{Branches, DecoderInput, MceConfig};
+use mce_core::config::{Branches, HeadKind, MceConfig};
 use mce_core::model::Mode;
 use mce_core::{Features, Mce};
 
@@ -45,18 +45,23 @@ fn block_mask(b: usize, s: usize, lo: usize, hi: usize) -> Result<Tensor> {
     Tensor::from_vec(v, (b, 1, s, s), &Device::Cpu)
 }
 
+/// Token width of [`small`].
+const D_MODEL: usize = 8;
+
 fn small(branches: Branches) -> MceConfig {
-    MceConfig {
+    let mut cfg = MceConfig {
         image_size: 64,
-        reduce_dim: 16,
-        d_model: 8,
-        heads: 2,
-        mlp_ratio: 2,
-        decoder_dim: 8,
-        aspp_rates: [1, 2, 3],
-        branches,
         ..MceConfig::edge_lite0()
-    }
+    };
+    let p = cfg.paper_mut().unwrap();
+    (p.reduce_dim, p.d_model, p.heads, p.mlp_ratio) = (16, D_MODEL, 2, 2);
+    (p.decoder.dim, p.decoder.aspp_rates, p.branches) = (8, [1, 2, 3], branches);
+    cfg
+}
+
+/// The small config with the class-agnostic matching head.
+fn small_matching() -> MceConfig {
+    small(Branches::Both).with_head(HeadKind::Matching)
 }
 
 fn head(cfg: &MceConfig) -> Result<(VarMap, Mce)> {
@@ -109,9 +114,7 @@ fn support_branch_gives_background_keys_zero_weight() -> Result<()> {
     )?;
     let diff = (out - &base)?.abs()?.flatten_from(2)?.to_vec3::<f32>()?;
     for (pos, _) in diff[0][0].iter().enumerate() {
-        let worst = (0..cfg.d_model)
-            .map(|c| diff[0][c][pos])
-            .fold(0f32, f32::max);
+        let worst = (0..D_MODEL).map(|c| diff[0][c][pos]).fold(0f32, f32::max);
         if pos == 0 {
             assert!(worst > 0.0, "the perturbed position's own row must change");
         } else {
@@ -189,10 +192,10 @@ fn k_shot_decoder_input_is_the_average_of_single_shots() -> Result<()> {
             m.encode_support(&features(&cfg, 2, 5.0 + k as f32)?, &mask, Mode::Eval)
         })
         .collect::<Result<Vec<_>>>()?;
-    let joint = m.decoder_input(&q, &shots)?;
+    let joint = m.decoder_input(&q, &shots)?.tensor()?;
     let singles = shots
         .iter()
-        .map(|s| m.decoder_input(&q, std::slice::from_ref(s)))
+        .map(|s| m.decoder_input(&q, std::slice::from_ref(s))?.tensor())
         .collect::<Result<Vec<_>>>()?;
     let mean = ((&singles[0] + &singles[1])? + &singles[2])? / 3.0;
     assert!(max_abs_diff(&joint, &mean?)? < 1e-5);
@@ -202,12 +205,8 @@ fn k_shot_decoder_input_is_the_average_of_single_shots() -> Result<()> {
 }
 
 #[test]
-fn matching_prior_adds_four_channels_matched_over_all_shots() -> Result<()> {
-    let cfg = MceConfig {
-        matching_prior: true,
-        ..small(Branches::Both)
-    };
-    let plain = cfg.decoder_in() - 4;
+fn matching_head_averages_a_sim_and_matches_priors_over_all_shots() -> Result<()> {
+    let cfg = small_matching();
     let (_, m) = head(&cfg)?;
     let q = m.encode_query(&features(&cfg, 2, 1.0)?, Mode::Eval)?;
     let shots = (0..2)
@@ -217,18 +216,23 @@ fn matching_prior_adds_four_channels_matched_over_all_shots() -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let joint = m.decoder_input(&q, &shots)?;
-    assert_eq!(joint.dim(1)?, cfg.decoder_in());
-    let prior = |x: &Tensor| x.narrow(1, plain, 4);
+    assert_eq!(joint.tensor()?.dim(1)?, cfg.decoder_in());
+    let priors = |x: &mce_core::model::decoder::DecoderInput| -> Result<Tensor> {
+        let p = x.priors.as_ref().expect("priors");
+        Tensor::cat(&[&p.levels, &p.joint], 1)
+    };
     let singles = shots
         .iter()
         .map(|s| m.decoder_input(&q, std::slice::from_ref(s)))
         .collect::<Result<Vec<_>>>()?;
-    // The paper's terms are still averaged; the prior is not the average of per-shot priors
-    // (a max over the union of positions), and never below either shot's foreground evidence.
-    let mean = ((&singles[0] + &singles[1])? / 2.0)?;
-    assert!(max_abs_diff(&joint.narrow(1, 0, plain)?, &mean.narrow(1, 0, plain)?)? < 1e-5);
-    assert!(max_abs_diff(&prior(&joint)?, &prior(&mean)?)? > 1e-3);
-    let p = prior(&joint)?.flatten_all()?.to_vec1::<f32>()?;
+    // A_sim is averaged; the prior is not the average of per-shot priors (a max over the union
+    // of positions), and never below either shot's foreground evidence.
+    let sim = |x: &mce_core::model::decoder::DecoderInput| x.similarity.clone().expect("A_sim");
+    let mean_sim = ((sim(&singles[0]) + sim(&singles[1]))? / 2.0)?;
+    assert!(max_abs_diff(&sim(&joint), &mean_sim)? < 1e-5);
+    let mean_prior = ((priors(&singles[0])? + priors(&singles[1])?)? / 2.0)?;
+    assert!(max_abs_diff(&priors(&joint)?, &mean_prior)? > 1e-3);
+    let p = priors(&joint)?.flatten_all()?.to_vec1::<f32>()?;
     assert!(p.iter().all(|v| v.is_finite() && (-2.0..=2.0).contains(v)));
     Ok(())
 }
@@ -247,8 +251,8 @@ fn check_shapes(cfg: &MceConfig, shots: &[usize]) -> Result<()> {
     }
     for &k in shots {
         let x = m.decoder_input(&q, &encoded[..k])?;
-        assert_eq!(x.dims(), &[1, cfg.decoder_in(), g, g], "K={k}");
-        let logits = candle_core::Module::forward(m.decoder(), &x)?;
+        assert_eq!(x.tensor()?.dims(), &[1, cfg.decoder_in(), g, g], "K={k}");
+        let logits = m.decode_input(&x)?;
         assert_eq!(logits.dims(), &[1, 2, g, g], "K={k}");
     }
     let full = mce_core::ops::resize_bilinear(&m.decode_grid(&q, &encoded[..1])?, s, s)?;
@@ -259,18 +263,7 @@ fn check_shapes(cfg: &MceConfig, shots: &[usize]) -> Result<()> {
 #[test]
 fn shapes_edge_preset_k_1_2_5() -> Result<()> {
     check_shapes(&MceConfig::edge_lite0(), &[1, 2, 5])?;
-    let with_prior = MceConfig {
-        matching_prior: true,
-        ..MceConfig::edge_lite0()
-    };
-    check_shapes(&with_prior, &[1, 5])?;
-    let agnostic = MceConfig {
-        matching_prior: true,
-        prior_residual: true,
-        use_cross: false,
-        decoder_input: DecoderInput::Matching,
-        ..MceConfig::edge_lite0()
-    };
+    let agnostic = MceConfig::edge_lite0().with_head(HeadKind::Matching);
     assert_eq!(agnostic.decoder_in(), 5); // A_sim + 3 level priors + the joint prior
     check_shapes(&agnostic, &[1, 5])?;
     // only class-agnostic layers exist: no feature reduction, no cross-encoding
@@ -282,11 +275,6 @@ fn shapes_edge_preset_k_1_2_5() -> Result<()> {
     let names: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();
     assert!(names.iter().all(|n| n.starts_with("decoder.")), "{names:?}");
     assert!(names.iter().any(|n| n == "decoder.prior_skip.weight"));
-    let with_cross = MceConfig {
-        use_cross: true,
-        ..agnostic
-    };
-    assert!(with_cross.validate().is_err());
     Ok(())
 }
 
@@ -297,16 +285,11 @@ fn shapes_paper_preset_k_1_2_5() -> Result<()> {
     check_shapes(&cfg, &[1, 2, 5])
 }
 
-/// A fresh prior-residual head is the nearest-neighbour rule: its fg − bg logit is exactly
-/// 6 · (the joint prior), so `fg > bg` wherever that prior is positive; the
-/// config is refused without the prior it builds on.
+/// A fresh matching head is the nearest-neighbour rule: its fg − bg logit is exactly
+/// 6 · (the joint prior), so `fg > bg` wherever that prior is positive.
 #[test]
-fn prior_residual_head_starts_as_the_matching_rule() -> Result<()> {
-    let cfg = MceConfig {
-        matching_prior: true,
-        prior_residual: true,
-        ..small(Branches::Both)
-    };
+fn matching_head_starts_as_the_matching_rule() -> Result<()> {
+    let cfg = small_matching();
     let (_, m) = head(&cfg)?;
     let q = m.encode_query(&features(&cfg, 2, 1.0)?, Mode::Eval)?;
     let mask = block_mask(2, cfg.image_size, 8, 40)?;
@@ -314,13 +297,11 @@ fn prior_residual_head_starts_as_the_matching_rule() -> Result<()> {
     let x = m.decoder_input(&q, std::slice::from_ref(&shot))?;
     let logits = m.decode_grid(&q, std::slice::from_ref(&shot))?;
     let margin = (logits.narrow(1, 1, 1)? - logits.narrow(1, 0, 1)?)?;
-    let expected = (x.narrow(1, cfg.decoder_in() - 1, 1)? * 6.0)?;
+    let expected = (&x.priors.as_ref().expect("priors").joint * 6.0)?;
     assert!(max_abs_diff(&margin, &expected)? < 1e-5);
     assert!(expected.abs()?.max_all()?.to_scalar::<f32>()? > 1e-2);
-    let bad = MceConfig {
-        matching_prior: false,
-        ..cfg
-    };
-    assert!(bad.validate().is_err());
+    // and the joint prior is the last decoder-input channel, as the checkpoints were trained
+    let c = cfg.decoder_in();
+    assert!(max_abs_diff(&x.tensor()?.narrow(1, c - 1, 1)?, &(expected / 6.0)?)? < 1e-6);
     Ok(())
 }

@@ -8,11 +8,12 @@ use mce_core::inference::{lite0_weights_path, models_dir, Segmenter};
 use mce_core::model::Mode;
 use mce_core::preprocess::{load_mask, load_rgb, MaskEncoding};
 use mce_core::quant::artifact::{self, record_layers, LoadOptions};
-use mce_core::quant::layers::{build_with, Exec};
+use mce_core::quant::layers::{Exec, QuantPlan};
 use mce_core::quant::plan::{HistogramObserver, RecordPlan};
 use mce_core::quant::scale::{sqnr_db, BINS};
+use mce_core::quant::QuantVarBuilder;
 use mce_core::quant::{channel_scales, Histogram, Method, QuantizedWeight};
-use mce_core::{AnyBackbone, Mce, MceConfig};
+use mce_core::{Mce, MceConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -150,16 +151,11 @@ fn logits(seg: &Segmenter) -> Tensor {
 
 fn segmenter(file: &CheckpointFile, plan: Option<Arc<RecordPlan>>) -> Segmenter {
     let vb = VarBuilder::from_tensors(file.tensors.clone(), DType::F32, &Device::Cpu);
-    let build = || {
-        (
-            Mce::new(&file.config, vb.clone()).unwrap(),
-            AnyBackbone::new(file.config.backbone, vb.pp("backbone")).unwrap(),
-        )
+    let vb = match plan {
+        Some(p) => QuantVarBuilder::new(vb, p as Arc<dyn QuantPlan>),
+        None => vb.into(),
     };
-    let (head, backbone) = match plan {
-        Some(p) => build_with(p, build),
-        None => build(),
-    };
+    let (head, backbone) = mce_core::checkpoint::build_model(&file.config, vb).unwrap();
     Segmenter::new(file.config.clone(), backbone, head, &Device::Cpu, true)
 }
 

@@ -116,7 +116,7 @@ fn run_once(
     }
     let (query, ms_q) = timed(|| head.encode_query(&feats, Mode::Eval))?;
     let (x, _) = timed(|| head.decoder_input(&query, support))?;
-    let (_, ms) = timed(|| candle_core::Module::forward(head.decoder(), &x))?;
+    let (_, ms) = timed(|| head.decode_input(&x))?;
     t.insert("decoder".to_string(), ms);
     let (_, ms_d) = timed(|| head.decode(&query, support))?;
     t.insert("head_total".to_string(), ms_q + ms_d);

@@ -6,10 +6,9 @@ use candle_nn::{VarBuilder, VarMap};
 use mce_core::checkpoint::{self, BACKBONE_PREFIX};
 use mce_core::inference::{lite0_weights_path, models_dir};
 use mce_core::quant::artifact::{self, SENSITIVE_LITE0};
-use mce_core::quant::layers::build_with;
 use mce_core::quant::plan::{HistogramObserver, RecordPlan};
-use mce_core::quant::Method;
-use mce_core::{AnyBackbone, Mce, MceConfig};
+use mce_core::quant::{Method, QuantVarBuilder};
+use mce_core::{Mce, MceConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,12 +31,8 @@ fn models(dir: &Path) -> (PathBuf, PathBuf) {
 
     let observer = Arc::new(HistogramObserver::default());
     let vb = VarBuilder::from_tensors(file.tensors.clone(), DType::F32, &Device::Cpu);
-    let (head, net) = build_with(Arc::new(RecordPlan::observing(observer.clone())), || {
-        (
-            Mce::new(&cfg, vb.clone()).unwrap(),
-            AnyBackbone::new(cfg.backbone, vb.pp("backbone")).unwrap(),
-        )
-    });
+    let plan = Arc::new(RecordPlan::observing(observer.clone()));
+    let (head, net) = checkpoint::build_model(&cfg, QuantVarBuilder::new(vb, plan)).unwrap();
     let seg = mce_core::inference::Segmenter::new(cfg.clone(), net, head, &Device::Cpu, true);
     let img = mce_core::preprocess::load_rgb(asset("8_10_s.png")).unwrap();
     let mask = mce_core::preprocess::load_mask(

@@ -3,7 +3,8 @@
 //!
 //! [`SquareFolders`] writes a small folder-per-class dataset (`<class>/images/*.png` +
 //! `<class>/masks/*.png`, the layout of `mce-train`'s `folders` loader): per class, a square of the
-//! class colour on a noisy grey background, with its exact binary mask.
+//! class colour on a noisy grey background, with its exact binary mask. [`tiny_edge_config`] is the
+//! narrow model config the training, calibration and QAT tests share.
 
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use std::path::Path;
@@ -48,4 +49,16 @@ impl SquareFolders {
             }
         }
     }
+}
+
+/// The edge preset's paper head at `image_size` with narrow widths (reduce 32, d 32, 2 heads,
+/// decoder 32): a model small enough for tests that train, calibrate or quantize it.
+pub fn tiny_edge_config(image_size: usize) -> mce_core::MceConfig {
+    let mut cfg = mce_core::MceConfig {
+        image_size,
+        ..mce_core::MceConfig::edge_lite0()
+    };
+    let p = cfg.paper_mut().expect("the edge preset has the paper head");
+    (p.reduce_dim, p.d_model, p.heads, p.decoder.dim) = (32, 32, 2, 32);
+    cfg
 }

@@ -3,7 +3,6 @@
 
 use candle_core::{Device, Tensor};
 use mce_core::inference::{lite0_weights_path, load_backbone};
-use mce_core::MceConfig;
 use mce_testkit::SquareFolders;
 use mce_train::augment::AugmentConfig;
 use mce_train::data::{EpisodeSampler, FewShotDataset, Folders};
@@ -96,14 +95,7 @@ fn online_batches_are_augmented_and_reproducible() {
 
 fn config(steps: usize) -> TrainConfig {
     TrainConfig {
-        model: MceConfig {
-            image_size: SIZE,
-            reduce_dim: 32,
-            d_model: 32,
-            heads: 2,
-            decoder_dim: 32,
-            ..MceConfig::edge_lite0()
-        },
+        model: mce_testkit::tiny_edge_config(SIZE),
         fold: 0,
         folds: 2,
         shots: vec![1],

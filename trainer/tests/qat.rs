@@ -10,11 +10,10 @@ use mce_core::inference::{lite0_weights_path, Segmenter};
 use mce_core::model::Mode;
 use mce_core::preprocess::{load_mask, load_rgb, prepare_image, MaskEncoding, Resize};
 use mce_core::quant::artifact::{self, LoadOptions};
-use mce_core::quant::layers::build_with;
 use mce_core::quant::plan::{HistogramObserver, RecordPlan};
 use mce_core::quant::scale::sqnr_db;
 use mce_core::quant::table::TABLE_FORMAT;
-use mce_core::quant::{is_quantized, CalibrationTable, Method, QuantizedWeight};
+use mce_core::quant::{is_quantized, CalibrationTable, Method, QuantVarBuilder, QuantizedWeight};
 use mce_core::{AnyBackbone, Backbone, Mce, MceConfig};
 use mce_testkit::SquareFolders;
 use mce_train::data::{EpisodeSampler, FewShotDataset, Folders};
@@ -39,14 +38,7 @@ fn fixture(root: &Path) {
 }
 
 fn model_config() -> MceConfig {
-    MceConfig {
-        image_size: 64,
-        reduce_dim: 32,
-        d_model: 32,
-        heads: 2,
-        decoder_dim: 32,
-        ..MceConfig::edge_lite0()
-    }
+    mce_testkit::tiny_edge_config(64)
 }
 
 fn train_config(steps: usize) -> TrainConfig {
@@ -108,12 +100,8 @@ fn calibrate(ds: &Folders, file: &CheckpointFile, path: &Path) -> CalibrationTab
     let observer = Arc::new(HistogramObserver::default());
     let plan = Arc::new(RecordPlan::observing(observer.clone()));
     let vb = VarBuilder::from_tensors(file.tensors.clone(), DType::F32, &Device::Cpu);
-    let (head, backbone) = build_with(plan.clone(), || {
-        (
-            Mce::new(&file.config, vb.clone()).unwrap(),
-            AnyBackbone::new(file.config.backbone, vb.pp("backbone")).unwrap(),
-        )
-    });
+    let (head, backbone) =
+        checkpoint::build_model(&file.config, QuantVarBuilder::new(vb, plan.clone())).unwrap();
     let b = episode_batch(ds, &backbone, 0);
     head.forward(&b.query, &b.shots, Mode::Eval).unwrap();
     let histograms = observer.histograms();

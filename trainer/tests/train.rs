@@ -2,7 +2,6 @@
 //! log, validation on the training classes only, and a resume that continues bit for bit.
 
 use mce_core::inference::{lite0_weights_path, load_backbone};
-use mce_core::MceConfig;
 use mce_testkit::SquareFolders;
 use mce_train::data::{FewShotDataset, Folders};
 use mce_train::optim::SgdConfig;
@@ -21,14 +20,7 @@ fn fixture(root: &Path) {
 
 fn config(steps: usize) -> TrainConfig {
     TrainConfig {
-        model: MceConfig {
-            image_size: 64,
-            reduce_dim: 32,
-            d_model: 32,
-            heads: 2,
-            decoder_dim: 32,
-            ..MceConfig::edge_lite0()
-        },
+        model: mce_testkit::tiny_edge_config(64),
         fold: 0,
         folds: 2,
         shots: vec![1, 2],

@@ -14,6 +14,7 @@
 
 use super::{Backbone, BackboneKind, Features};
 use crate::ops::frozen::{ConvGeometry, FrozenConvBn};
+use crate::quant::QuantVarBuilder;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use std::path::Path;
@@ -99,8 +100,8 @@ struct SameConvBn {
 impl SameConvBn {
     /// `shape = (out, in, k)`; `groups = in` makes it depthwise.
     fn new(
-        conv: VarBuilder,
-        bn: VarBuilder,
+        conv: QuantVarBuilder,
+        bn: QuantVarBuilder,
         shape: (usize, usize, usize),
         stride: usize,
         groups: usize,
@@ -129,7 +130,7 @@ struct Stem {
 }
 
 impl Stem {
-    fn new(vb: &VarBuilder) -> Result<Self> {
+    fn new(vb: &QuantVarBuilder) -> Result<Self> {
         let conv = SameConvBn::new(
             vb.pp("_conv_stem"),
             vb.pp("_bn0"),
@@ -161,7 +162,7 @@ struct MbConvBlock {
 
 impl MbConvBlock {
     fn new(
-        vb: VarBuilder,
+        vb: QuantVarBuilder,
         kernel: usize,
         stride: usize,
         expand: usize,
@@ -226,7 +227,7 @@ struct Head {
 }
 
 impl Head {
-    fn new(vb: &VarBuilder, in_ch: usize) -> Result<Self> {
+    fn new(vb: &QuantVarBuilder, in_ch: usize) -> Result<Self> {
         let conv = SameConvBn::new(
             vb.pp("_conv_head"),
             vb.pp("_bn1"),
@@ -234,7 +235,7 @@ impl Head {
             1,
             1,
         )?;
-        let fc = candle_nn::linear(HEAD_CHANNELS, NUM_CLASSES, vb.pp("_fc"))?;
+        let fc = candle_nn::linear(HEAD_CHANNELS, NUM_CLASSES, vb.pp("_fc").vb().clone())?;
         Ok(Self { conv, fc })
     }
 
@@ -258,7 +259,8 @@ pub struct EfficientNetLite0 {
 impl EfficientNetLite0 {
     /// Build from a VarBuilder over the original state dict. `_conv_head`, `_bn1` and `_fc` are
     /// loaded only if `_fc.weight` is present; without them [`Self::features`] still works.
-    pub fn new(vb: VarBuilder) -> Result<Self> {
+    pub fn new<'a>(vb: impl Into<QuantVarBuilder<'a>>) -> Result<Self> {
+        let vb = vb.into();
         let stem = Stem::new(&vb)?;
         let mut blocks = Vec::with_capacity(16);
         for st in STAGES {

@@ -131,8 +131,13 @@ impl Backbone for AnyBackbone {
 }
 
 impl AnyBackbone {
-    /// Build the backbone named by `kind` from a VarBuilder holding its (torchvision / original) weights.
-    pub fn new(kind: BackboneKind, vb: candle_nn::VarBuilder) -> candle_core::Result<Self> {
+    /// Build the backbone named by `kind` from a VarBuilder holding its (torchvision / original)
+    /// weights, or a [`QuantVarBuilder`](crate::quant::QuantVarBuilder) with a quantization plan.
+    pub fn new<'a>(
+        kind: BackboneKind,
+        vb: impl Into<crate::quant::QuantVarBuilder<'a>>,
+    ) -> candle_core::Result<Self> {
+        let vb = vb.into();
         Ok(match kind {
             BackboneKind::Resnet50 => AnyBackbone::Resnet50(resnet::ResNet50::new(vb)?),
             BackboneKind::EfficientnetLite0 => {

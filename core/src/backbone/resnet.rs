@@ -18,6 +18,7 @@ use std::path::Path;
 
 use super::{Backbone, BackboneKind, Features};
 use crate::ops::frozen::{ConvGeometry, FrozenConvBn};
+use crate::quant::QuantVarBuilder;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -129,7 +130,7 @@ struct Bottleneck {
 }
 
 fn conv_bn(
-    vb: &VarBuilder,
+    vb: &QuantVarBuilder,
     conv: &str,
     bn: &str,
     shape: (usize, usize, usize),
@@ -139,7 +140,7 @@ fn conv_bn(
 }
 
 impl Bottleneck {
-    fn new(vb: VarBuilder, s: &BlockSpec) -> Result<Self> {
+    fn new(vb: QuantVarBuilder, s: &BlockSpec) -> Result<Self> {
         let (i, w, o) = (s.in_channels, s.width, s.out_channels);
         let one = ConvGeometry::new(1, 0, 1, 1);
         let three = ConvGeometry::new(s.stride, s.dilation, s.dilation, 1);
@@ -182,7 +183,8 @@ pub struct ResNet50 {
 
 impl ResNet50 {
     /// Build from a VarBuilder holding torchvision's ResNet-50 tensors at its root.
-    pub fn new(vb: VarBuilder) -> Result<Self> {
+    pub fn new<'a>(vb: impl Into<QuantVarBuilder<'a>>) -> Result<Self> {
+        let vb = vb.into();
         let stem = conv_bn(
             &vb,
             "conv1",

@@ -2,12 +2,13 @@
 //! but 1×1 convolutions run as a matrix product, which is ~3× faster than candle's 1×1 `conv2d`
 //! forward and backward on CPU (the head has a dozen of them).
 //!
-//! Each conv carries an optional quantization hook ([`crate::quant::layers`]), attached at
-//! construction when a quantization plan is installed; without one it is a plain f32 conv.
+//! Each conv carries an optional quantization hook ([`crate::quant::layers`]), given at
+//! construction by the plan of its [`QuantVarBuilder`]; without one it is a plain f32 conv.
 
-use crate::quant::layers::{attach, LayerHook, LayerInfo, LayerKind};
+use crate::quant::layers::{pointwise_conv, LayerHook, LayerInfo, LayerKind};
+use crate::quant::QuantVarBuilder;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{init, Conv2dConfig, Init, VarBuilder};
+use candle_nn::{init, Conv2dConfig, Init};
 use std::sync::Arc;
 
 /// A trainable convolution (stride 1, groups 1).
@@ -27,7 +28,7 @@ impl Conv {
         k: usize,
         config: Conv2dConfig,
         bias: bool,
-        vb: VarBuilder,
+        vb: QuantVarBuilder,
     ) -> Result<Self> {
         let bound = 1.0 / ((in_c * k * k) as f64).sqrt();
         let bias = bias.then_some(Init::Uniform {
@@ -49,16 +50,15 @@ impl Conv {
         config: Conv2dConfig,
         weight_init: Init,
         bias_init: Option<Init>,
-        vb: VarBuilder,
+        vb: QuantVarBuilder,
     ) -> Result<Self> {
-        let name = vb.prefix();
         let weight = vb.get_with_hints((out_c, in_c, k, k), "weight", weight_init)?;
         let bias = bias_init
             .map(|b| vb.get_with_hints(out_c, "bias", b))
             .transpose()?;
         let pointwise = k == 1 && (config.padding, config.stride, config.groups) == (0, 1, 1);
-        let quant = attach(LayerInfo {
-            name,
+        let quant = vb.hook(LayerInfo {
+            name: vb.prefix(),
             kind: LayerKind::Conv { pointwise },
             weight: &weight,
             bias: bias.as_ref(),
@@ -78,7 +78,7 @@ pub fn conv2d(
     out_c: usize,
     k: usize,
     cfg: Conv2dConfig,
-    vb: VarBuilder,
+    vb: QuantVarBuilder,
 ) -> Result<Conv> {
     Conv::new(in_c, out_c, k, cfg, true, vb)
 }
@@ -89,7 +89,7 @@ pub fn conv2d_no_bias(
     out_c: usize,
     k: usize,
     cfg: Conv2dConfig,
-    vb: VarBuilder,
+    vb: QuantVarBuilder,
 ) -> Result<Conv> {
     Conv::new(in_c, out_c, k, cfg, false, vb)
 }
@@ -101,22 +101,10 @@ impl Module for Conv {
             Some(h) => (h.input(xs)?, h.weight(&self.weight)?),
             None => (xs.clone(), self.weight.clone()),
         };
-        let (out_c, in_c, kh, kw) = weight.dims4()?;
+        let (out_c, _, kh, kw) = weight.dims4()?;
         let c = &self.config;
         let ys = if (kh, kw, c.padding, c.stride) == (1, 1, 0, 1) {
-            let (b, _, h, w) = xs.dims4()?;
-            match self
-                .quant
-                .as_deref()
-                .and_then(|q| pointwise_quantized(q, &xs))
-            {
-                Some(ys) => ys?.reshape((b, out_c, h, w))?,
-                // (O, I) x (B, I, H·W) -> (B, O, H·W)
-                None => weight
-                    .reshape((out_c, in_c))?
-                    .broadcast_matmul(&xs.flatten_from(2)?)?
-                    .reshape((b, out_c, h, w))?,
-            }
+            pointwise_conv(&xs, &weight, self.quant.as_deref())?
         } else {
             xs.conv2d(&weight, c.padding, c.stride, c.dilation, c.groups)?
         };
@@ -125,18 +113,6 @@ impl Module for Conv {
             None => Ok(ys),
         }
     }
-}
-
-/// `(B, I, H, W)` → `(B, O, H·W)` through the hook's quantized matmul, if it has one.
-pub(crate) fn pointwise_quantized(q: &LayerHook, xs: &Tensor) -> Option<Result<Tensor>> {
-    let m = q.matmul.as_ref()?;
-    // (B, H·W, I) x (O, I)ᵀ -> (B, H·W, O)
-    let ys = xs
-        .flatten_from(2)
-        .and_then(|x| x.transpose(1, 2)?.contiguous())
-        .and_then(|t| m.forward(&t))
-        .and_then(|y| y.transpose(1, 2));
-    Some(ys)
 }
 
 #[cfg(test)]
@@ -148,8 +124,8 @@ mod tests {
     fn pointwise_path_matches_candle_conv() -> Result<()> {
         let dev = Device::Cpu;
         let vm = candle_nn::VarMap::new();
-        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
-        let ours = conv2d(6, 4, 1, Default::default(), vb.pp("a"))?;
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let ours = conv2d(6, 4, 1, Default::default(), vb.pp("a").into())?;
         let theirs = candle_nn::conv2d(6, 4, 1, Default::default(), vb.pp("a"))?; // same variables
         let x = Tensor::randn(0f32, 1., (2, 6, 5, 3), &dev)?;
         let d = (ours.forward(&x)? - theirs.forward(&x)?)?
@@ -166,7 +142,7 @@ mod tests {
                 dilation: 2,
                 ..Default::default()
             },
-            vb.pp("b"),
+            vb.pp("b").into(),
         )?;
         assert_eq!(three.forward(&x)?.dims(), &[2, 4, 5, 3]);
         Ok(())

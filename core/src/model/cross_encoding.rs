@@ -16,11 +16,11 @@
 
 use super::conv::{conv2d, Conv as Conv2d};
 use super::masks::LevelMask;
-use crate::config::{Attention, Branches, MceConfig};
+use crate::config::{Attention, Branches, PaperConfig};
 use crate::ops::{layer_norm, resize_bilinear, softmax};
 use crate::quant::layers::{linear, Linear};
+use crate::quant::QuantVarBuilder;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::VarBuilder;
 
 /// `Linear(d, r·d) – GELU(erf) – Linear(r·d, d)`.
 #[derive(Debug, Clone)]
@@ -30,7 +30,7 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new(d: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(d: usize, hidden: usize, vb: QuantVarBuilder) -> Result<Self> {
         Ok(Self {
             fc1: linear(d, hidden, vb.pp("fc1"))?,
             fc2: linear(hidden, d, vb.pp("fc2"))?,
@@ -52,7 +52,7 @@ pub struct Norm {
 }
 
 impl Norm {
-    pub fn new(d: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(d: usize, vb: QuantVarBuilder) -> Result<Self> {
         Ok(Self {
             weight: vb.get_with_hints(d, "weight", candle_nn::Init::Const(1.0))?,
             bias: vb.get_with_hints(d, "bias", candle_nn::Init::Const(0.0))?,
@@ -74,7 +74,7 @@ struct BranchHead {
 }
 
 impl BranchHead {
-    fn new(cfg: &MceConfig, vb: VarBuilder, name: &str) -> Result<Self> {
+    fn new(cfg: &PaperConfig, vb: QuantVarBuilder, name: &str) -> Result<Self> {
         let d = cfg.d_model;
         Ok(Self {
             norm: Norm::new(d, vb.pp(format!("{name}_norm")))?,
@@ -149,7 +149,7 @@ struct Projections {
 }
 
 impl Projections {
-    fn new(d: usize, use_qkv: [bool; 3], vb: VarBuilder, side: &str) -> Result<Self> {
+    fn new(d: usize, use_qkv: [bool; 3], vb: QuantVarBuilder, side: &str) -> Result<Self> {
         let make = |on: bool, n: &str| -> Result<Option<Linear>> {
             on.then(|| linear(d, d, vb.pp(format!("{side}_{n}"))))
                 .transpose()
@@ -192,7 +192,7 @@ fn expect<'a>(t: &'a Option<Tensor>, what: &str) -> Result<&'a Tensor> {
 }
 
 impl LevelEncoder {
-    pub fn new(cfg: &MceConfig, in_channels: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &PaperConfig, in_channels: usize, vb: QuantVarBuilder) -> Result<Self> {
         let d = cfg.d_model;
         let query_branch = cfg.branches != Branches::SupportOnly;
         let support_branch = cfg.branches != Branches::QueryOnly;
@@ -316,8 +316,8 @@ pub struct CrossEncoding {
 }
 
 impl CrossEncoding {
-    pub fn new(cfg: &MceConfig, vb: VarBuilder) -> Result<Self> {
-        let channels = cfg.backbone.channels();
+    /// `channels`: the backbone's channels at levels 2, 3, 4.
+    pub fn new(cfg: &PaperConfig, channels: [usize; 3], vb: QuantVarBuilder) -> Result<Self> {
         let levels = cfg
             .levels
             .iter()

@@ -1,5 +1,5 @@
-//! The nearest-neighbour matching prior: an optional, training-free input to the decoder (not in
-//! the paper; `MceConfig::matching_prior`).
+//! The nearest-neighbour matching prior: a training-free input to the decoder of the matching head
+//! (not in the paper; [`super::matching_head`]).
 //!
 //! For every query position and backbone level, and for the joint map of all three levels
 //! ([`matching_maps`]): the best cosine similarity to a support foreground position minus the best
@@ -12,40 +12,36 @@
 
 use super::masks::LevelMask;
 use crate::backbone::Features;
-use crate::ops::resize_bilinear;
+use crate::ops::{l2_normalize_channels, resize_bilinear};
 use candle_core::{Result, Tensor, D};
 
 /// Added to the cosine of positions of the other kind, so they never win the max (cosines ≥ −1).
 const EXCLUDE: f64 = 4.0;
+
+/// Prior channels: levels 2, 3, 4 and the joint map.
+pub const PRIOR_CHANNELS: usize = 4;
 
 /// The maps the prior matches on, detached: levels 2, 3, 4 as they are, then the **joint** map —
 /// levels 3 and 4 resized bilinearly to the level-2 grid, each L2-normalised per position,
 /// concatenated and divided by √3. A cosine on the joint map is the mean of the three levels'
 /// cosines at one position pair, so its best match must agree at every level: this is exactly the
 /// `nearest` baseline of `mce-train baselines` (levels 2+3+4).
-pub fn matching_maps(feats: &Features) -> Result<Vec<Tensor>> {
+pub fn matching_maps(feats: &Features) -> Result<[Tensor; PRIOR_CHANNELS]> {
     let levels = feats.levels();
     let (_, _, h, w) = levels[0].dims4()?;
-    let unit = |t: &Tensor| unit_channels(&resize_bilinear(&t.detach(), h, w)?);
+    let unit = |t: &Tensor| l2_normalize_channels(&resize_bilinear(&t.detach(), h, w)?);
     let joint = (Tensor::cat(
         &levels.map(unit).into_iter().collect::<Result<Vec<_>>>()?,
         1,
     )? / 3f64.sqrt())?;
-    let mut maps: Vec<Tensor> = levels.iter().map(|t| t.detach()).collect();
-    maps.push(joint);
-    Ok(maps)
-}
-
-/// Divide every position's channel vector (dim 1) by its L2 norm (+1e-6).
-fn unit_channels(x: &Tensor) -> Result<Tensor> {
-    let norm = (x.sqr()?.sum_keepdim(1)?.sqrt()? + 1e-6)?;
-    x.broadcast_div(&norm)
+    let [l2, l3, l4] = levels.map(|t| t.detach());
+    Ok([l2, l3, l4, joint])
 }
 
 /// L2-normalise over channels and flatten: `(B, C, h, w)` → `(B, C, h·w)`.
 pub fn normalized_tokens(feats: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = feats.dims4()?;
-    unit_channels(&feats.detach().reshape((b, c, h * w))?)
+    l2_normalize_channels(&feats.detach().reshape((b, c, h * w))?)
 }
 
 /// One shot's side of the prior at one level: normalised support tokens and their fg/bg masks.

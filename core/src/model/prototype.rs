@@ -2,10 +2,12 @@
 
 use super::masks::LevelMask;
 use crate::config::SimilarityReduce;
+use crate::ops::l2_normalize_channels;
 use candle_core::{Result, Tensor, D};
 
 const MAP_EPS: f64 = 5e-4;
-const COS_EPS: f64 = 1e-7;
+/// Added to `max − min` in A_sim's min-max normalisation (MCE_PAPER.md §4).
+const MINMAX_EPS: f64 = 1e-7;
 
 /// Masked average pooling: `V_s = Σ f_S·M / (Σ M + 5e-4)`.
 /// `feat (B, C, H, W)`, `mask (B, 1, H, W)` (already resized) → `(B, C, 1, 1)`.
@@ -13,12 +15,6 @@ pub fn masked_average_pool(feat: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let num = feat.broadcast_mul(mask)?.sum_keepdim(3)?.sum_keepdim(2)?; // (B, C, 1, 1)
     let area = (mask.sum_keepdim(3)?.sum_keepdim(2)? + MAP_EPS)?; // (B, 1, 1, 1)
     num.broadcast_div(&area)
-}
-
-/// Divide each position's channel vector by its norm: `(B, C, N)` → `(B, C, N)`.
-fn normalize_channels(xs: &Tensor) -> Result<Tensor> {
-    let norm = xs.sqr()?.sum_keepdim(1)?.sqrt()?;
-    xs.broadcast_div(&(norm + COS_EPS)?)
 }
 
 /// What the similarity map needs from one support image, computed once per support.
@@ -34,7 +30,7 @@ impl SupportSimilarity {
     /// `level4 (B, C, h, w)` of the support and its level mask at `h × w`.
     pub fn new(level4: &Tensor, mask: &LevelMask, reduce: SimilarityReduce) -> Result<Self> {
         let (b, c, h, w) = level4.dims4()?;
-        let s = normalize_channels(&level4.reshape((b, c, h * w))?)?; // (B, C, N)
+        let s = l2_normalize_channels(&level4.reshape((b, c, h * w))?)?; // (B, C, N)
         match reduce {
             SimilarityReduce::Mean => {
                 // Σ_fg ŝ / |fg|: (B, C, N)·(B, N, 1) → (B, C, 1)
@@ -54,7 +50,7 @@ impl SupportSimilarity {
     /// A_sim for a query `level4 (B, C, h, w)`: `(B, 1, h, w)`, min-max normalised per image.
     pub fn similarity(&self, query_level4: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = query_level4.dims4()?;
-        let q = normalize_channels(&query_level4.reshape((b, c, h * w))?)?; // (B, C, N)
+        let q = l2_normalize_channels(&query_level4.reshape((b, c, h * w))?)?; // (B, C, N)
         let sim = match self {
             // (B, 1, C) x (B, C, N) -> (B, 1, N)
             Self::Mean(mean) => mean.unsqueeze(1)?.matmul(&q)?,
@@ -70,7 +66,7 @@ impl SupportSimilarity {
         let max = sim.max_keepdim(D::Minus1)?;
         let sim = sim
             .broadcast_sub(&min)?
-            .broadcast_div(&((max - &min)? + COS_EPS)?)?;
+            .broadcast_div(&((max - &min)? + MINMAX_EPS)?)?;
         sim.reshape((b, 1, h, w))
     }
 }

@@ -5,11 +5,12 @@
 //!
 //! A conv whose VarBuilder already holds a `bias` while its BN holds no `running_mean` is taken as
 //! folded (the int8 artifact stores backbone convs that way). Each conv carries an optional
-//! quantization hook ([`crate::quant::layers`]) named after its conv prefix.
+//! quantization hook ([`crate::quant::layers`]) named after its conv prefix, given by the plan of
+//! its [`QuantVarBuilder`].
 
-use crate::quant::layers::{attach, LayerHook, LayerInfo, LayerKind};
-use candle_core::{Module, Result, Tensor};
-use candle_nn::VarBuilder;
+use crate::quant::layers::{pointwise_conv, LayerHook, LayerInfo, LayerKind};
+use crate::quant::QuantVarBuilder;
+use candle_core::{Result, Tensor};
 use std::sync::Arc;
 
 /// Geometry of a 2-D convolution.
@@ -45,8 +46,8 @@ impl FrozenConvBn {
     /// Load `conv` (a bias-free `Conv2d`, weight `[out, in/groups, k, k]`) and `bn` from their
     /// VarBuilder prefixes and fold them.
     pub fn new(
-        conv: VarBuilder,
-        bn: VarBuilder,
+        conv: QuantVarBuilder,
+        bn: QuantVarBuilder,
         shape: (usize, usize, usize),
         geometry: ConvGeometry,
         bn_eps: f64,
@@ -57,7 +58,7 @@ impl FrozenConvBn {
         let g = geometry;
         let pointwise = k == 1 && (g.stride, g.padding, g.groups) == (1, 0, 1);
         let hook = |weight: &Tensor, bias: &Tensor| {
-            attach(LayerInfo {
+            conv.hook(LayerInfo {
                 name: name.clone(),
                 kind: LayerKind::Conv { pointwise },
                 weight,
@@ -110,19 +111,7 @@ impl FrozenConvBn {
         let (out_c, in_per_group, kh, kw) = weight.dims4()?;
         let bias = self.bias.reshape((1, out_c, 1, 1))?;
         let ys = if (kh, kw, g.stride, g.groups) == (1, 1, 1, 1) && pads == [0; 4] {
-            let (b, _, h, w) = xs.dims4()?;
-            match self.quant.as_ref().and_then(|q| q.matmul.as_ref()) {
-                // (B, H*W, in) x (out, in)ᵀ -> (B, H*W, out)
-                Some(m) => m
-                    .forward(&xs.flatten_from(2)?.transpose(1, 2)?.contiguous()?)?
-                    .transpose(1, 2)?
-                    .reshape((b, out_c, h, w))?,
-                // (out, in) x (B, in, H*W) -> (B, out, H*W)
-                None => weight
-                    .reshape((out_c, in_per_group))?
-                    .broadcast_matmul(&xs.flatten_from(2)?)?
-                    .reshape((b, out_c, h, w))?,
-            }
+            pointwise_conv(xs, weight, self.quant.as_deref())?
         } else if g.groups > 1 && g.groups == out_c && in_per_group == 1 {
             super::depthwise::depthwise_conv2d_padded(xs, weight, g.stride, pads, g.dilation)?
         } else {

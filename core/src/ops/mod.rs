@@ -53,6 +53,16 @@ pub fn resize_bilinear(xs: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     ry.broadcast_matmul(&xs)
 }
 
+/// Added to every L2 norm before dividing by it, so zero vectors stay finite (zero).
+pub const NORM_EPS: f64 = 1e-7;
+
+/// Divide every position's channel vector (dim 1) of `(B, C, …)` by its L2 norm (+ [`NORM_EPS`]):
+/// the one L2 normalisation of the model and the baselines.
+pub fn l2_normalize_channels(x: &Tensor) -> Result<Tensor> {
+    let norm = (x.sqr()?.sum_keepdim(1)?.sqrt()? + NORM_EPS)?;
+    x.broadcast_div(&norm)
+}
+
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.
 pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let mean = xs.mean_keepdim(D::Minus1)?;

@@ -9,13 +9,16 @@
 //! Loading dequantizes every weight once, builds the usual [`Mce`] head and backbone, and on CPU runs
 //! the layers marked [`Exec::QMatMul`] through candle's Q8_0 quantized matmul.
 
+use super::builder::QuantVarBuilder;
 use super::layers::QuantPlan;
-use super::layers::{build_with, cpu_exec, q8_matmul, Exec, LayerHook, LayerInfo, LayerKind};
+use super::layers::{cpu_exec, q8_matmul, Exec, LayerHook, LayerInfo, LayerKind};
 use super::plan::{LayerRecord, RecordPlan};
 use super::scale::{Method, QuantizedWeight};
 use super::timing::{ExecTimings, LayerTiming};
 use crate::backbone::AnyBackbone;
-use crate::checkpoint::{read_metadata, write_atomic, CheckpointFile, BACKBONE_PREFIX};
+use crate::checkpoint::{
+    build_model, read_metadata, write_atomic, CheckpointFile, BACKBONE_PREFIX,
+};
 use crate::config::MceConfig;
 use crate::error::{Error, Result};
 use crate::model::Mce;
@@ -110,12 +113,8 @@ fn raw_f32(t: &Tensor) -> Result<Raw> {
 pub fn record_layers(file: &CheckpointFile, device: &Device) -> Result<Vec<LayerRecord>> {
     let plan = Arc::new(RecordPlan::new());
     let vb = VarBuilder::from_tensors(file.tensors.clone(), DType::F32, device);
-    build_with(plan.clone(), || -> Result<()> {
-        Mce::new(&file.config, vb.clone())?;
-        AnyBackbone::new(file.config.backbone, vb.pp("backbone"))?;
-        Ok(())
-    })
-    .map_err(|e| err(&file.path, e.to_string()))?;
+    build_model(&file.config, QuantVarBuilder::new(vb, plan.clone()))
+        .map_err(|e| err(&file.path, e.to_string()))?;
     Ok(plan.records())
 }
 
@@ -321,13 +320,8 @@ pub fn load(path: &Path, device: &Device, opts: LoadOptions) -> Result<Quantized
         },
     });
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-    let (head, backbone) = build_with(plan, || -> candle_core::Result<_> {
-        Ok((
-            Mce::new(&config, vb.clone())?,
-            AnyBackbone::new(config.backbone, vb.pp("backbone"))?,
-        ))
-    })
-    .map_err(|e| err(path, e.to_string()))?;
+    let (head, backbone) = build_model(&config, QuantVarBuilder::new(vb, plan))
+        .map_err(|e| err(path, e.to_string()))?;
     Ok(QuantizedModel {
         config,
         spec,

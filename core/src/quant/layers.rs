@@ -1,7 +1,7 @@
 //! Quantization hooks inside the model's conv and linear layers, and how each layer executes.
 //!
-//! A layer is built as usual (`Mce::new`, `AnyBackbone::new`); if a [`QuantPlan`] is installed on the
-//! building thread ([`build_with`]), every conv / linear layer shows the plan its name (its
+//! A model is built from a [`QuantVarBuilder`](super::builder::QuantVarBuilder): a VarBuilder and,
+//! optionally, a [`QuantPlan`]. With a plan, every conv / linear layer shows it its name (its
 //! VarBuilder prefix, i.e. its tensor names), kind and weight, and keeps the [`LayerHook`] the plan
 //! returns. Without a plan nothing changes. At forward time the hook may
 //!
@@ -10,11 +10,11 @@
 //! * fake-quantize the weight per output channel with the STE (QAT),
 //! * run the layer as candle's quantized matmul ([`Exec::QMatMul`], Q8_0) instead of f32.
 
+use super::builder::QuantVarBuilder;
 use super::fake::{fake_quantize, fake_quantize_weight};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Result, Tensor};
 use serde::{Deserialize, Serialize};
-use std::cell::RefCell;
 use std::sync::Arc;
 
 /// What kind of layer a hook sits in.
@@ -138,41 +138,30 @@ impl LayerHook {
     }
 }
 
+/// A 1×1, stride-1, unpadded convolution as a matrix product, through the hook's quantized matmul
+/// when it has one: `xs (B, I, H, W)`, `weight (O, I, 1, 1)` → `(B, O, H, W)`, no bias. candle's
+/// 1×1 `conv2d` is several times slower on CPU, forward and backward.
+pub fn pointwise_conv(xs: &Tensor, weight: &Tensor, hook: Option<&LayerHook>) -> Result<Tensor> {
+    let (b, i, h, w) = xs.dims4()?;
+    let out_c = weight.dim(0)?;
+    let ys = match hook.and_then(|q| q.matmul.as_ref()) {
+        // (B, H·W, I) x (O, I)ᵀ -> (B, H·W, O)
+        Some(m) => m
+            .forward(&xs.flatten_from(2)?.transpose(1, 2)?.contiguous()?)?
+            .transpose(1, 2)?,
+        // (O, I) x (B, I, H·W) -> (B, O, H·W)
+        None => weight
+            .reshape((out_c, i))?
+            .broadcast_matmul(&xs.flatten_from(2)?)?,
+    };
+    ys.reshape((b, out_c, h, w))
+}
+
 /// Q8_0 `QMatMul` of a weight `(O, I, …)` viewed as `(O, I·…)`.
 pub fn q8_matmul(weight: &Tensor) -> Result<Arc<QMatMul>> {
     let w = weight.flatten_from(1)?.contiguous()?;
     let q = QTensor::quantize(&w, GgmlDType::Q8_0)?;
     Ok(Arc::new(QMatMul::from_qtensor(q)?))
-}
-
-thread_local! {
-    static PLAN: RefCell<Option<Arc<dyn QuantPlan>>> = const { RefCell::new(None) };
-}
-
-/// Restores the previous plan when dropped (also on panic).
-struct Restore(Option<Arc<dyn QuantPlan>>);
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        let prev = self.0.take();
-        PLAN.with(|p| *p.borrow_mut() = prev);
-    }
-}
-
-/// Run `build` (which constructs models) with `plan` deciding every conv / linear layer's hook.
-pub fn build_with<R>(plan: Arc<dyn QuantPlan>, build: impl FnOnce() -> R) -> R {
-    let prev = PLAN.with(|p| p.borrow_mut().replace(plan));
-    let _restore = Restore(prev);
-    build()
-}
-
-/// Called by layer constructors: the hook of the installed plan, if any.
-pub fn attach(info: LayerInfo) -> Result<Option<Arc<LayerHook>>> {
-    let plan = PLAN.with(|p| p.borrow().clone());
-    match plan {
-        Some(plan) => Ok(plan.hook(&info)?.map(Arc::new)),
-        None => Ok(None),
-    }
 }
 
 /// A linear layer with candle_nn's names and initialisation (`weight (out, in)`, `bias (out,)`)
@@ -184,11 +173,10 @@ pub struct Linear {
 }
 
 /// `candle_nn::linear` with a quantization hook.
-pub fn linear(in_dim: usize, out_dim: usize, vb: candle_nn::VarBuilder) -> Result<Linear> {
-    let name = vb.prefix();
-    let inner = candle_nn::linear(in_dim, out_dim, vb)?;
-    let quant = attach(LayerInfo {
-        name,
+pub fn linear(in_dim: usize, out_dim: usize, vb: QuantVarBuilder) -> Result<Linear> {
+    let inner = candle_nn::linear(in_dim, out_dim, vb.vb().clone())?;
+    let quant = vb.hook(LayerInfo {
+        name: vb.prefix(),
         kind: LayerKind::Linear,
         weight: inner.weight(),
         bias: inner.bias(),

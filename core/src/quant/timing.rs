@@ -12,8 +12,9 @@
 //! the choice made this way the int8 model never runs a layer slower than float does on that CPU,
 //! up to timer noise; [`LayerTiming`] is recorded per layer in the artifact.
 
+use super::builder::QuantVarBuilder;
 use super::layers::QuantPlan;
-use super::layers::{build_with, cpu_exec, q8_matmul, Exec, LayerHook, LayerInfo, Observer};
+use super::layers::{cpu_exec, q8_matmul, Exec, LayerHook, LayerInfo, Observer};
 use crate::backbone::{AnyBackbone, Backbone};
 use crate::checkpoint::CheckpointFile;
 use crate::error::{Error, Result};
@@ -139,10 +140,8 @@ pub fn measure(file: &CheckpointFile, device: &Device) -> Result<ExecTimings> {
     };
     let timer = Arc::new(Timer::default());
     let vb = VarBuilder::from_tensors(file.tensors.clone(), DType::F32, device);
-    let head = build_with(Arc::new(TimingPlan(timer.clone())), || {
-        Mce::new(&file.config, vb.clone())
-    })
-    .map_err(err)?;
+    let plan = Arc::new(TimingPlan(timer.clone()));
+    let head = Mce::new(&file.config, QuantVarBuilder::new(vb.clone(), plan)).map_err(err)?;
     let backbone = AnyBackbone::new(file.config.backbone, vb.pp("backbone")).map_err(err)?;
     let s = file.config.image_size;
     let run = || -> candle_core::Result<()> {

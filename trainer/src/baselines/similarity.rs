@@ -15,15 +15,13 @@
 
 use candle_core::{Device, Tensor, D};
 use mce_core::model::masks::binarize;
-use mce_core::ops::resize_bilinear;
+use mce_core::ops::{l2_normalize_channels, resize_bilinear};
 use mce_core::Features;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Episode;
 use crate::eval::{CanvasView, EpisodeModel};
 use crate::Result;
-
-const NORM_EPS: f64 = 1e-7;
 
 /// Which backbone features the similarity baselines compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -85,12 +83,6 @@ pub struct FeatureMap {
     pub w: usize,
 }
 
-/// Divide every position of `(1, C, h, w)` by its channel norm.
-fn normalize(x: &Tensor) -> Result<Tensor> {
-    let norm = (x.sqr()?.sum_keepdim(1)?.sqrt()? + NORM_EPS)?;
-    Ok(x.broadcast_div(&norm)?)
-}
-
 /// The [`FeatureMap`] of one image's features.
 pub fn feature_map(f: &Features, choice: FeatureChoice) -> Result<FeatureMap> {
     let (_, _, h, w) = f.level2.dims4()?;
@@ -98,8 +90,8 @@ pub fn feature_map(f: &Features, choice: FeatureChoice) -> Result<FeatureMap> {
     let parts = choice
         .levels()
         .iter()
-        .map(|&l| normalize(&resize_bilinear(levels[l - 2], h, w)?))
-        .collect::<Result<Vec<_>>>()?;
+        .map(|&l| l2_normalize_channels(&resize_bilinear(levels[l - 2], h, w)?))
+        .collect::<candle_core::Result<Vec<_>>>()?;
     let scale = 1.0 / (parts.len() as f64).sqrt();
     let x = (Tensor::cat(&parts, 1)? * scale)?;
     let c = x.dim(1)?;
@@ -206,9 +198,8 @@ impl PrototypeCosine {
             .map(|(fg, _)| Ok(fg.mean_keepdim(1)?))
             .collect::<Result<Vec<_>>>()?;
         let proto = Tensor::cat(&means, 1)?.mean_keepdim(1)?; // (C, 1)
-        let norm = (proto.sqr()?.sum_all()?.sqrt()? + NORM_EPS)?;
-        let proto = proto.broadcast_div(&norm)?;
-        let s = proto.t()?.contiguous()?.matmul(&q.columns)?; // (1, h·w)
+        let proto = l2_normalize_channels(&proto.t()?)?; // (1, C)
+        let s = proto.contiguous()?.matmul(&q.columns)?; // (1, h·w)
         Ok(s.reshape((1, 1, q.h, q.w))?)
     }
 }

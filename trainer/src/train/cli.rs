@@ -5,6 +5,7 @@ use crate::data::DatasetArgs;
 use crate::optim::SgdConfig;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
+use mce_core::config::HeadKind;
 use mce_core::inference::{lite0_weights_path, load_backbone};
 use mce_core::model::loss::LossKind;
 use mce_core::{BackboneKind, MceConfig};
@@ -19,6 +20,24 @@ pub enum LossArg {
     CeDice,
 }
 
+/// `--head` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HeadArg {
+    /// The paper's MCE head: cat(f_Q, V_s, f_cross, A_sim) → ASPP decoder.
+    Paper,
+    /// The class-agnostic matching head: cat(A_sim, nearest-neighbour priors) plus a prior skip.
+    Matching,
+}
+
+impl From<HeadArg> for HeadKind {
+    fn from(h: HeadArg) -> Self {
+        match h {
+            HeadArg::Paper => HeadKind::Paper,
+            HeadArg::Matching => HeadKind::Matching,
+        }
+    }
+}
+
 /// Flags of `train`.
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
@@ -30,18 +49,16 @@ pub struct TrainArgs {
     /// Override the preset's input size.
     #[arg(long)]
     pub image_size: Option<usize>,
-    /// Also feed the decoder the nearest-neighbour matching prior (not in the paper; see
-    /// `mce_core::model::matching`).
-    #[arg(long)]
-    pub matching_prior: bool,
-    /// Start the head as the matching-prior rule and learn corrections to it (a learned skip from
-    /// the priors to the logits, zero-initialised classifier; implies --matching-prior).
-    #[arg(long)]
-    pub prior_residual: bool,
-    /// Feed the decoder only class-agnostic evidence (similarity map and matching priors; no
-    /// query or prototype features, no cross-encoding). Implies --matching-prior.
-    #[arg(long)]
+    /// The head: `paper` (the paper's MCE head) or `matching` (class-agnostic: the decoder sees
+    /// only the similarity map and the nearest-neighbour priors, and starts as that rule).
+    #[arg(long, value_enum, default_value_t = HeadArg::Paper)]
+    pub head: HeadArg,
+    /// Older spelling of `--head matching` (kept so that earlier commands still run).
+    #[arg(long, hide = true)]
     pub class_agnostic: bool,
+    /// Older flag that came with `--class-agnostic`; the matching head always has the residual.
+    #[arg(long, hide = true, requires = "class_agnostic")]
+    pub prior_residual: bool,
     /// Backbone weights (safetensors, original names). Default: the bundled Lite0 for `edge`.
     #[arg(long)]
     pub backbone_weights: Option<PathBuf>,
@@ -139,14 +156,11 @@ pub fn parse_device(name: &str) -> Result<Device> {
 
 impl TrainArgs {
     fn config(&self) -> Result<TrainConfig> {
-        let mut model = MceConfig::preset(&self.preset)?;
-        model.matching_prior |= self.matching_prior || self.prior_residual;
-        model.prior_residual |= self.prior_residual;
-        if self.class_agnostic {
-            model.matching_prior = true;
-            model.use_cross = false;
-            model.decoder_input = mce_core::config::DecoderInput::Matching;
-        }
+        let head = match self.class_agnostic {
+            true => HeadKind::Matching,
+            false => self.head.into(),
+        };
+        let mut model = MceConfig::preset(&self.preset)?.with_head(head);
         if let Some(s) = self.image_size {
             model.image_size = s;
         }

@@ -24,9 +24,8 @@ use mce_core::model::loss::cross_entropy_ignore;
 use mce_core::model::Mode;
 use mce_core::ops::splitmix64;
 use mce_core::quant::artifact::record_layers;
-use mce_core::quant::layers::build_with;
 use mce_core::quant::plan::SimulatePlan;
-use mce_core::quant::CalibrationTable;
+use mce_core::quant::{CalibrationTable, QuantVarBuilder};
 use mce_core::{AnyBackbone, Mce};
 use rand_chacha::rand_core::SeedableRng;
 use std::collections::{BTreeMap, HashMap};
@@ -124,17 +123,14 @@ impl QatModel {
             keep_float: inputs.keep_float.clone(),
         });
         let varmap = VarMap::new();
-        let head = build_with(plan.clone(), || {
-            Mce::new(
-                &file.config,
-                VarBuilder::from_varmap(&varmap, DType::F32, device),
-            )
-        })?;
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        let head = Mce::new(&file.config, QuantVarBuilder::new(vb, plan.clone()))?;
         checkpoint::load_head_into(&file, &varmap)?;
         let vb = VarBuilder::from_tensors(file.tensors.clone(), DType::F32, device);
-        let backbone = build_with(plan, || {
-            AnyBackbone::new(file.config.backbone, vb.pp("backbone"))
-        })?;
+        let backbone = AnyBackbone::new(
+            file.config.backbone,
+            QuantVarBuilder::new(vb.pp("backbone"), plan),
+        )?;
         Ok(Self {
             file,
             table,
