@@ -6,9 +6,9 @@
 use super::classes::{self, ClassSource, LoadedClass};
 use super::metrics::{stage, ClassLabel};
 use super::notify::Notifier;
-use super::pipeline::Shared;
 use super::results::{self, FrameInfo, FrameResults, LabelMap, Latency};
 use super::slot::Frame;
+use super::state::Shared;
 use crate::overlay;
 use anyhow::{Context, Result};
 use bytes::Bytes;
