@@ -7,11 +7,12 @@
 //! register: image + mask ─▶ validate ─▶ backbone features ─▶ registry (atomic files + index.json)
 //! serve:    source (v4l2 / file) ─▶ latest-frame slot (stale frames dropped) ─▶ inference worker
 //!           (backbone once per frame, MCE head per class, cached exemplar features from the
-//!           registry) ─▶ overlay + results ─▶ HTTP (/healthz /metrics /frame.jpg /stream.mjpg /results)
+//!           registry) ─▶ overlay + results ─▶ HTTP (/healthz /metrics /classes /frame.jpg
+//!           /stream.mjpg /results)
 //! ```
 //!
 //! Modules: [`registry`] (crash-safe exemplar store), [`service`] (sources, pipeline, HTTP, systemd
-//! notify, `demo`), [`segment`] (one-shot CLI), [`bench`] (latency JSON), [`model`] (which model a
+//! notify, `demo`), [`segment`] (one-shot CLI), [`bench`](mod@bench) (latency JSON), [`model`] (which model a
 //! command loads: float checkpoint, int8 artifact, or untrained head), [`overlay`] (drawing).
 
 pub mod bench;

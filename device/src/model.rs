@@ -1,5 +1,7 @@
-//! Choosing the model a command runs: a trained checkpoint, or the pretrained backbone with an
-//! untrained head (`--init lite0`), which must be announced loudly.
+//! Choosing the model a command runs: the checkpoint named by `--model` (a float checkpoint, or an
+//! int8 artifact from `mce-calib`, told apart by its `format` metadata), the bundled trained edge
+//! model when none is named, or the pretrained backbone with an untrained head (`--init lite0`),
+//! which is announced loudly.
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;

@@ -34,7 +34,7 @@ pub struct CacheMeta {
     pub id: u64,
     pub image_sha256: String,
     pub mask_sha256: String,
-    /// Set by [`write`]; ignored when comparing expectations.
+    /// Set by [`write`](fn@write); ignored when comparing expectations.
     #[serde(default)]
     pub payload_sha256: String,
 }

@@ -4,9 +4,9 @@
 //! its last result.
 
 use super::metrics::stage;
-use super::pipeline::{Shared, SourceState};
 use super::slot::Frame;
 use super::source::{ErrorKind, FrameSource};
+use super::state::{Shared, SourceState};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 

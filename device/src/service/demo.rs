@@ -8,9 +8,10 @@
 //! frames per second.
 
 use super::notify::Notifier;
-use super::pipeline::{Pipeline, PipelineOptions, SourceState};
+use super::pipeline::{Pipeline, PipelineOptions};
 use super::registry_classes::RegistryClasses;
 use super::source::file::ImageSequence;
+use super::state::SourceState;
 use super::worker::{Engine, FrameOutput};
 use crate::model::ModelArgs;
 use crate::registry::{ExemplarInput, RegisterOptions, Registry};

@@ -12,7 +12,7 @@
 //! Unknown paths are 404 and other methods 405, both with a JSON error. Malformed requests are
 //! answered 400 by hyper before they reach a handler.
 
-use super::pipeline::Shared;
+use super::state::{Shared, SourceState};
 use super::worker::FrameOutput;
 use axum::body::Body;
 use axum::extract::State;
@@ -86,7 +86,7 @@ async fn healthz(State(s): State<AppState>) -> Response {
         "unhealthy"
     } else if matches!(
         source.state,
-        super::pipeline::SourceState::Reconnecting | super::pipeline::SourceState::Failed
+        SourceState::Reconnecting | SourceState::Failed
     ) {
         "degraded"
     } else {

@@ -1,106 +1,30 @@
-//! The frame pipeline: capture thread → latest-frame slot → inference thread → published results.
+//! The wiring of the frame pipeline: [`Pipeline`] creates the [`Shared`] state, starts the
+//! capture thread ([`capture::run`]) and the inference thread ([`worker::run`]), hands out the
+//! published outputs, and stops and joins both threads.
 //!
 //! ```text
 //! FrameSource ─(capture thread)─▶ FrameSlot (1 frame; stale ones dropped + counted)
-//!     ─(inference thread: backbone once, MCE head per class, combine, overlay, JPEG)─▶
+//!     ─(inference thread: backbone and query encoding once, MCE head per class, combine,
+//!       overlay, JPEG + JSON)─▶
 //!     watch (latest FrameOutput: /frame.jpg, /results, /stream.mjpg) + broadcast (every output)
 //! ```
 //!
-//! Both worker threads are plain OS threads (capture and inference block); the HTTP server and
-//! signal handling run on tokio and only read what is published here.
+//! Both threads are plain OS threads (capture and inference block); the HTTP server and signal
+//! handling run on tokio and only read what is published here and in [`Shared`]. The state
+//! itself lives in [`super::state`], so that the threads' modules never import this one.
 
 use super::capture::{self, Backoff};
-use super::classes::ClassInfo;
-use super::metrics::Metrics;
+use super::classes;
 use super::notify::Notifier;
-use super::slot::{FrameSlot, SlotStats};
+use super::slot::SlotStats;
 use super::source::FrameSource;
+use super::state::Shared;
 use super::worker::{self, Engine, FrameOutput};
 use serde::Serialize;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
-
-/// What the source is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceState {
-    Starting,
-    Streaming,
-    /// The camera is missing or failed; retrying with back-off.
-    Reconnecting,
-    /// A non-looping file source played to its end.
-    Finished,
-    /// The source failed for good (see `last_error`).
-    Failed,
-    Stopped,
-}
-
-/// The source part of `/healthz`.
-#[derive(Debug, Clone, Serialize)]
-pub struct SourceStatus {
-    pub description: String,
-    pub state: SourceState,
-    pub last_error: Option<String>,
-}
-
-/// State shared by the capture thread, the inference thread and the HTTP handlers.
-pub struct Shared {
-    pub metrics: Metrics,
-    pub slot: FrameSlot,
-    stop: AtomicBool,
-    reload: AtomicBool,
-    healthy: AtomicBool,
-    source: Mutex<SourceStatus>,
-    classes: RwLock<Vec<ClassInfo>>,
-    pub model_trained: bool,
-    pub started: Instant,
-}
-
-impl Shared {
-    pub fn stopping(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
-    }
-    pub(crate) fn stop_flag(&self) -> &AtomicBool {
-        &self.stop
-    }
-    pub(crate) fn take_reload_request(&self) -> bool {
-        self.reload.swap(false, Ordering::SeqCst)
-    }
-    /// False after repeated inference failures (the watchdog then stops being fed).
-    pub fn inference_healthy(&self) -> bool {
-        self.healthy.load(Ordering::SeqCst)
-    }
-    pub(crate) fn set_healthy(&self, ok: bool) {
-        self.healthy.store(ok, Ordering::SeqCst);
-    }
-    pub fn source_status(&self) -> SourceStatus {
-        self.source
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-    pub(crate) fn set_source_state(&self, state: SourceState, error: Option<String>) {
-        let mut s = self.source.lock().unwrap_or_else(|p| p.into_inner());
-        s.state = state;
-        if error.is_some() {
-            s.last_error = error;
-        }
-    }
-    pub fn classes(&self) -> Vec<ClassInfo> {
-        self.classes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-    pub(crate) fn set_classes(&self, infos: Vec<ClassInfo>) {
-        let names: Vec<String> = infos.iter().map(|c| c.name.clone()).collect();
-        self.metrics.reset_classes(&names);
-        *self.classes.write().unwrap_or_else(|p| p.into_inner()) = infos;
-    }
-}
 
 /// Pipeline settings.
 #[derive(Debug, Clone)]
@@ -163,22 +87,8 @@ impl Pipeline {
         options: PipelineOptions,
         notifier: Arc<Notifier>,
     ) -> std::io::Result<(Self, broadcast::Receiver<Arc<FrameOutput>>)> {
-        let shared = Arc::new(Shared {
-            metrics: Metrics::new(),
-            slot: FrameSlot::new(),
-            stop: AtomicBool::new(false),
-            reload: AtomicBool::new(false),
-            healthy: AtomicBool::new(true),
-            source: Mutex::new(SourceStatus {
-                description: source.describe(),
-                state: SourceState::Starting,
-                last_error: None,
-            }),
-            classes: RwLock::new(Vec::new()),
-            model_trained: engine.segmenter.trained,
-            started: Instant::now(),
-        });
-        shared.set_classes(super::classes::infos(&engine.classes));
+        let shared = Arc::new(Shared::new(source.describe(), engine.segmenter.trained));
+        shared.set_classes(classes::infos(&engine.classes));
         let (latest_tx, latest) = watch::channel(None);
         let (all, first) = broadcast::channel(16);
         let worker = {
@@ -220,13 +130,13 @@ impl Pipeline {
 
     /// Re-load the classes before the next frame (SIGHUP).
     pub fn request_reload(&self) {
-        self.shared.reload.store(true, Ordering::SeqCst);
+        self.shared.request_reload();
     }
 
     /// Stop: capture stops, a frame waiting in the slot is dropped, the frame in inference is
     /// finished and published, then both threads are joined.
     pub fn shutdown(mut self) -> PipelineReport {
-        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.request_stop();
         if self.shared.slot.close() {
             self.shared.metrics.frames_dropped.inc();
         }

@@ -1,20 +1,21 @@
 //! The inference thread: take the newest frame, segment it against every class (backbone and
 //! query encoding once, MCE head per class), combine the classes, draw the overlay, encode JPEG
-//! and JSON, publish. Between frames it reloads the classes when asked (SIGHUP) and feeds the
-//! systemd watchdog while it is healthy.
+//! and JSON, publish (`process` and its steps). Between frames it reloads the classes when asked
+//! (SIGHUP) and feeds the systemd watchdog while it is healthy; after `UNHEALTHY_AFTER` (5) failed
+//! frames in a row it is unhealthy (`/healthz` 503, no more watchdog pings) until one succeeds.
 
 use super::classes::{self, ClassSource, LoadedClass};
 use super::metrics::{stage, ClassLabel};
 use super::notify::Notifier;
-use super::pipeline::Shared;
-use super::results::{self, FrameInfo, FrameResults, LabelMap, Latency};
+use super::results::{self, ClassResult, FrameInfo, FrameResults, LabelMap, Latency};
 use super::slot::Frame;
+use super::state::Shared;
 use crate::overlay;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use image::codecs::jpeg::JpegEncoder;
 use image::RgbImage;
-use mce_core::inference::Segmenter;
+use mce_core::inference::{ClassMap, Segmenter};
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 use tokio::sync::{broadcast, watch};
@@ -46,7 +47,7 @@ impl Engine {
     }
 }
 
-/// One processed frame.
+/// One processed frame, as published to `/frame.jpg`, `/results`, `/stream.mjpg` and subscribers.
 #[derive(Debug, Clone)]
 pub struct FrameOutput {
     pub results: FrameResults,
@@ -58,6 +59,8 @@ pub struct FrameOutput {
     pub labels: LabelMap,
 }
 
+/// Re-load the classes from the engine's class source (`RELOADING=1` … `READY=1` around it);
+/// on failure the previous classes stay.
 fn reload(engine: &mut Engine, shared: &Shared, notifier: &Notifier) {
     let Some(source) = &engine.class_source else {
         tracing::warn!("reload requested, but the classes are fixed; nothing to do");
@@ -84,37 +87,75 @@ fn reload(engine: &mut Engine, shared: &Shared, notifier: &Notifier) {
     notifier.ready();
 }
 
-/// Segment, combine and encode one frame.
+/// Milliseconds, as the results JSON reports latencies.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Segment, combine and encode one frame: [`segment`] (the inference stage), then
+/// [`combine_and_draw`], [`encode_jpeg`] and [`frame_results`] (the encode stage), then
+/// [`encode_json`].
 fn process(
     engine: &Engine,
     shared: &Shared,
-    frame: Frame,
+    mut frame: Frame,
     jpeg_quality: u8,
 ) -> Result<FrameOutput> {
     let start = Instant::now();
     let queue = start.saturating_duration_since(frame.captured);
-    let (w, h) = (frame.image.width() as usize, frame.image.height() as usize);
-    let maps = if engine.classes.is_empty() {
-        Vec::new()
-    } else {
-        let refs: Vec<_> = engine.classes.iter().map(|c| &c.encoding).collect();
-        engine
-            .segmenter
-            .segment(&frame.image, &refs)
-            .with_context(|| format!("segmenting frame {}", frame.index))?
-    };
+    let maps = segment(engine, &frame)?;
     let inference = start.elapsed();
     shared.metrics.observe(stage::INFERENCE, inference);
 
     let t = Instant::now();
-    let labels = results::combine(&maps, w, h);
-    let mut image = frame.image;
+    let mut image = std::mem::take(&mut frame.image);
+    let (labels, classes) = combine_and_draw(engine, shared, &maps, &mut image);
+    let jpeg = encode_jpeg(&image, jpeg_quality)?;
+    let size = (labels.width, labels.height);
+    let mut results = frame_results(engine, frame, size, queue, inference, classes);
+    let encode = t.elapsed();
+    results.latency.encode_ms = ms(encode);
+    shared.metrics.observe(stage::ENCODE, encode);
+    let results_json = encode_json(&results)?;
+    Ok(FrameOutput {
+        results,
+        results_json,
+        jpeg,
+        overlay: image,
+        labels,
+    })
+}
+
+/// One probability map per class: the backbone and the query encoding run once for the frame,
+/// the MCE head once per class ([`Segmenter::segment`]). No classes: no maps, no model run.
+fn segment(engine: &Engine, frame: &Frame) -> Result<Vec<ClassMap>> {
+    if engine.classes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let refs: Vec<_> = engine.classes.iter().map(|c| &c.encoding).collect();
+    engine
+        .segmenter
+        .segment(&frame.image, &refs)
+        .with_context(|| format!("segmenting frame {}", frame.index))
+}
+
+/// Combine the class maps into one label map ([`results::combine`]), then per class: its
+/// statistics, its colour blended into `image` where it has pixels, and its area on the
+/// `class_area` gauge.
+fn combine_and_draw(
+    engine: &Engine,
+    shared: &Shared,
+    maps: &[ClassMap],
+    image: &mut RgbImage,
+) -> (LabelMap, Vec<ClassResult>) {
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    let labels = results::combine(maps, w, h);
     let mut classes = Vec::with_capacity(maps.len());
-    for (i, (class, map)) in engine.classes.iter().zip(&maps).enumerate() {
+    for (i, (class, map)) in engine.classes.iter().zip(maps).enumerate() {
         let r = results::class_result(&class.name, &labels, i, &map.probability);
         if r.pixels > 0 {
             overlay::blend(
-                &mut image,
+                image,
                 &labels.mask(i),
                 overlay::PALETTE[i % overlay::PALETTE.len()],
             );
@@ -128,20 +169,38 @@ fn process(
             .set(r.area);
         classes.push(r);
     }
+    (labels, classes)
+}
+
+/// The overlay as JPEG of the given quality.
+fn encode_jpeg(image: &RgbImage, quality: u8) -> Result<Bytes> {
+    let (w, h) = (image.width() as usize, image.height() as usize);
     let mut jpeg = Vec::with_capacity(w * h / 4);
-    JpegEncoder::new_with_quality(&mut jpeg, jpeg_quality)
-        .encode_image(&image)
+    JpegEncoder::new_with_quality(&mut jpeg, quality)
+        .encode_image(image)
         .context("encoding the overlay JPEG")?;
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let mut results = FrameResults {
+    Ok(Bytes::from(jpeg))
+}
+
+/// The `/results` document of one frame of `size` (width, height) pixels; its `encode_ms` is
+/// 0 until the caller knows it.
+fn frame_results(
+    engine: &Engine,
+    frame: Frame,
+    size: (usize, usize),
+    queue: Duration,
+    inference: Duration,
+    classes: Vec<ClassResult>,
+) -> FrameResults {
+    FrameResults {
         frame: FrameInfo {
             index: frame.index,
             captured_unix_ms: frame
                 .captured_at
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
-            width: w,
-            height: h,
+            width: size.0,
+            height: size.1,
             source: frame.label,
         },
         latency: Latency {
@@ -152,21 +211,49 @@ fn process(
         },
         model_trained: engine.segmenter.trained,
         classes,
-    };
-    let encode = t.elapsed();
-    results.latency.encode_ms = ms(encode);
-    shared.metrics.observe(stage::ENCODE, encode);
-    let results_json = Bytes::from(serde_json::to_vec(&results).context("encoding results JSON")?);
-    Ok(FrameOutput {
-        results,
-        results_json,
-        jpeg: Bytes::from(jpeg),
-        overlay: image,
-        labels,
-    })
+    }
+}
+
+/// The results as JSON (the `/results` body).
+fn encode_json(results: &FrameResults) -> Result<Bytes> {
+    Ok(Bytes::from(
+        serde_json::to_vec(results).context("encoding results JSON")?,
+    ))
+}
+
+/// A processed frame: inference is healthy again, the frame is counted, then published to every
+/// subscriber and as the latest output.
+fn publish(
+    shared: &Shared,
+    latest: &watch::Sender<Option<Arc<FrameOutput>>>,
+    all: &broadcast::Sender<Arc<FrameOutput>>,
+    out: FrameOutput,
+) {
+    shared.set_healthy(true);
+    shared.metrics.frames_out.inc();
+    let out = Arc::new(out);
+    let _ = all.send(out.clone());
+    latest.send_replace(Some(out));
+}
+
+/// A failed frame, the `failures`-th in a row: counted and logged; from [`UNHEALTHY_AFTER`] on,
+/// inference is unhealthy (said once, when it turns).
+fn record_failure(shared: &Shared, index: u64, e: &anyhow::Error, failures: u32) {
+    shared.metrics.inference_errors.inc();
+    tracing::error!("frame {index}: {e:#}");
+    if failures >= UNHEALTHY_AFTER {
+        if shared.inference_healthy() {
+            tracing::error!(
+                "{failures} frames in a row failed: inference is unhealthy, \
+                 the systemd watchdog is no longer fed"
+            );
+        }
+        shared.set_healthy(false);
+    }
 }
 
 /// The inference loop; returns when the pipeline stops (after finishing the frame in flight).
+/// Before each frame: a requested reload, then a watchdog ping while healthy.
 pub fn run(
     mut engine: Engine,
     shared: Arc<Shared>,
@@ -193,25 +280,11 @@ pub fn run(
         match process(&engine, &shared, frame, jpeg_quality) {
             Ok(out) => {
                 failures = 0;
-                shared.set_healthy(true);
-                shared.metrics.frames_out.inc();
-                let out = Arc::new(out);
-                let _ = all.send(out.clone());
-                latest.send_replace(Some(out));
+                publish(&shared, &latest, &all, out);
             }
             Err(e) => {
                 failures += 1;
-                shared.metrics.inference_errors.inc();
-                tracing::error!("frame {index}: {e:#}");
-                if failures >= UNHEALTHY_AFTER {
-                    if shared.inference_healthy() {
-                        tracing::error!(
-                            "{failures} frames in a row failed: inference is unhealthy, \
-                             the systemd watchdog is no longer fed"
-                        );
-                    }
-                    shared.set_healthy(false);
-                }
+                record_failure(&shared, index, &e, failures);
             }
         }
     }

@@ -1,5 +1,5 @@
 //! Where frames come from: one [`FrameSource`] trait over a V4L2 camera ([`v4l2`]), a directory
-//! of images played as a sequence and a single image file ([`file`]).
+//! of images played as a sequence and a single image file ([`file`](mod@file)).
 //!
 //! A source is named by a URL ([`SourceSpec::parse`]):
 //!
