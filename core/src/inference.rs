@@ -76,6 +76,10 @@ pub struct ClassEncoding {
     pub shots: Vec<SupportEncoding>,
 }
 
+/// A pixel is foreground where its foreground probability exceeds this: the one threshold of the
+/// masks, the device's class combination and the overlays.
+pub const FOREGROUND_THRESHOLD: f32 = 0.5;
+
 /// One class's result on one frame, at the frame's own resolution.
 #[derive(Debug, Clone)]
 pub struct ClassMap {
@@ -86,11 +90,11 @@ pub struct ClassMap {
 }
 
 impl ClassMap {
-    /// Binary mask (1 where the foreground probability exceeds 0.5).
+    /// Binary mask (1 where the foreground probability exceeds [`FOREGROUND_THRESHOLD`]).
     pub fn mask(&self) -> Vec<u8> {
         self.probability
             .iter()
-            .map(|&p| u8::from(p > 0.5))
+            .map(|&p| u8::from(p > FOREGROUND_THRESHOLD))
             .collect()
     }
 }

@@ -10,15 +10,18 @@
 //!                                                                        │
 //!   support masks ──preprocess──▶ binary masks ───────────────────────────┤
 //!                                                                        ▼
-//!         model::Mce: mid-level features, MAP prototype, similarity map, masked cross-image
-//!         encoding at three levels, ASPP decoder ──▶ 2-class logits ──▶ preprocess (map back)
+//!         model::Mce = config + one Head (paper: mid-level features, MAP prototype, similarity
+//!         map, masked cross-image encoding at three levels; matching: similarity map and
+//!         nearest-neighbour priors) ─ DecoderInput ─ ASPP decoder ──▶ 2-class logits ──▶ map back
 //!                                                                        │
 //!                                                   metrics (mIoU, FB-IoU) ◀┘
 //! ```
 //!
-//! Modules: [`backbone`] (ResNet-50 dilated, EfficientNet-Lite0), [`model`] (the MCE head and its
-//! [`config`]), [`checkpoint`] (safetensors + serde config), [`preprocess`], [`metrics`],
-//! [`inference`] (support encoding cache for the device), [`ops`] (differentiable helpers candle lacks).
+//! Modules: [`backbone`] (ResNet-50 dilated, EfficientNet-Lite0), [`model`] (the heads) and their
+//! [`config`] (with the migration of older checkpoints' configs), [`checkpoint`] (safetensors +
+//! serde config), [`preprocess`], [`metrics`], [`inference`] (support encoding cache for the
+//! device), [`ops`] (differentiable helpers and kernels candle lacks), [`quant`] (int8: plans passed
+//! to the model through a [`quant::QuantVarBuilder`], calibration, the artifact).
 
 pub mod backbone;
 pub mod checkpoint;

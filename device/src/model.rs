@@ -55,6 +55,14 @@ impl ModelArgs {
 /// A float checkpoint or, detected by its `format` metadata, an int8 artifact from `mce-calib`.
 fn load_model_file(path: &std::path::Path, device: &Device) -> Result<Segmenter> {
     let m = mce_core::inference::load_model_file(path, device)?;
+    tracing::info!(
+        "model {}: {} head ({}), {:?} backbone at {} px",
+        path.display(),
+        m.config.head.kind(),
+        m.config.head.kind().describe(),
+        m.config.backbone,
+        m.config.image_size
+    );
     if let Some(spec) = &m.quant {
         tracing::info!(
             "int8 model {} ({} layers, {} as quantized matmuls)",

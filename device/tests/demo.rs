@@ -37,6 +37,9 @@ fn demo_writes_consistent_overlays_and_summary() {
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["model_trained"], trained);
+    // the bundled model runs the matching head; --init lite0 an untrained paper head
+    let head = if trained { "matching" } else { "paper" };
+    assert_eq!(summary["model_head"], head, "{summary}");
     assert_eq!(
         summary["classes"],
         serde_json::json!(["bicycle", "aeroplane", "dog"])

@@ -171,6 +171,7 @@ fn serve_end_to_end() {
     assert_eq!(health["source"]["state"], "streaming", "{health}");
     assert_eq!(health["classes"], 1);
     assert_eq!(health["model_trained"], true);
+    assert_eq!(health["model_head"], "paper", "{health}"); // the checkpoint written above
 
     let (status, headers, body) = server.get("/metrics");
     assert_eq!(status, 200);

@@ -140,6 +140,16 @@ impl HeadKind {
             HeadKind::Matching => "matching",
         }
     }
+
+    /// One line on what the head does, for logs and reports.
+    pub fn describe(self) -> &'static str {
+        match self {
+            HeadKind::Paper => "the paper's MCE head: cat(f_Q, V_s, f_cross, A_sim) -> ASPP",
+            HeadKind::Matching => {
+                "class-agnostic matching head: cat(A_sim, nearest-neighbour priors) -> ASPP + prior skip"
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for HeadKind {

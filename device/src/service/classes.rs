@@ -28,8 +28,17 @@ pub struct ClassInfo {
     pub colour: [u8; 3],
 }
 
-/// The most classes one frame can be segmented against (labels are one byte).
+/// The most classes one frame can be segmented against: labels are one byte, 0 is background and
+/// 255 is kept free.
 pub const MAX_CLASSES: usize = 254;
+
+/// Refuse more than [`MAX_CLASSES`] classes: the one check every class source makes.
+pub fn check_class_count(n: usize) -> Result<()> {
+    if n > MAX_CLASSES {
+        bail!("{n} classes: at most {MAX_CLASSES} are supported");
+    }
+    Ok(())
+}
 
 /// A provider of encoded classes.
 pub trait ClassSource: Send {
@@ -106,12 +115,7 @@ impl ClassSource for ExemplarFiles {
     }
 
     fn load(&self, segmenter: &Segmenter) -> Result<Vec<LoadedClass>> {
-        if self.classes.len() > MAX_CLASSES {
-            bail!(
-                "{} classes: at most {MAX_CLASSES} are supported",
-                self.classes.len()
-            );
-        }
+        check_class_count(self.classes.len())?;
         self.classes
             .iter()
             .map(|(name, shots)| {

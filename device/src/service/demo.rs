@@ -17,6 +17,7 @@ use crate::model::ModelArgs;
 use crate::registry::{ExemplarInput, RegisterOptions, Registry};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
+use mce_core::config::HeadKind;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -73,6 +74,8 @@ pub struct DemoFrame {
 pub struct DemoSummary {
     pub model: String,
     pub model_trained: bool,
+    /// The kind of head the model runs (`paper`, `matching`).
+    pub model_head: HeadKind,
     pub classes: Vec<String>,
     pub frames: Vec<DemoFrame>,
     pub mean_iou: Option<f64>,
@@ -178,6 +181,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let frames = demo_frames(&assets, args.frames)?;
     let segmenter = args.model.load(&Device::Cpu)?;
     let trained = segmenter.trained;
+    let model_head = segmenter.config().head.kind();
     let model = match (&args.model.model, &args.model.init) {
         (Some(p), _) => p.display().to_string(),
         (None, Some(i)) => format!("--init {i} (UNTRAINED head)"),
@@ -308,6 +312,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let summary = DemoSummary {
         model,
         model_trained: trained,
+        model_head,
         classes: names.iter().map(|n| n.to_string()).collect(),
         mean_iou: (!ious.is_empty()).then(|| ious.iter().sum::<f64>() / ious.len() as f64),
         frames_per_second: rows.len() as f64 / wall,

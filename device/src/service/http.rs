@@ -2,7 +2,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /healthz` | 200 JSON: status, source state, frame counts (503 when inference is unhealthy) |
+//! | `GET /healthz` | 200 JSON: status, the model's head kind, source state, frame counts (503 when inference is unhealthy) |
 //! | `GET /metrics` | Prometheus / OpenMetrics text |
 //! | `GET /classes` | JSON list of classes (name, exemplars, overlay colour) |
 //! | `GET /frame.jpg` | latest overlay JPEG (503 before the first frame) |
@@ -97,6 +97,7 @@ async fn healthz(State(s): State<AppState>) -> Response {
         "status": status,
         "uptime_s": sh.started.elapsed().as_secs_f64(),
         "model_trained": sh.model_trained,
+        "model_head": sh.model_head,
         "inference_healthy": healthy,
         "source": source,
         "frames": {

@@ -87,7 +87,11 @@ impl Pipeline {
         options: PipelineOptions,
         notifier: Arc<Notifier>,
     ) -> std::io::Result<(Self, broadcast::Receiver<Arc<FrameOutput>>)> {
-        let shared = Arc::new(Shared::new(source.describe(), engine.segmenter.trained));
+        let shared = Arc::new(Shared::new(
+            source.describe(),
+            engine.segmenter.trained,
+            engine.segmenter.config().head.kind(),
+        ));
         shared.set_classes(classes::infos(&engine.classes));
         let (latest_tx, latest) = watch::channel(None);
         let (all, first) = broadcast::channel(16);

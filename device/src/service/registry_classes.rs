@@ -2,9 +2,9 @@
 //! repaired) on every load, so a reload (SIGHUP) sees classes registered since; exemplar features
 //! come from the registry's cache for this backbone.
 
-use super::classes::{select, ClassSource, LoadedClass, MAX_CLASSES};
+use super::classes::{check_class_count, select, ClassSource, LoadedClass};
 use crate::registry::Registry;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use mce_core::inference::Segmenter;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -38,12 +38,7 @@ impl ClassSource for RegistryClasses {
             self.filter.as_deref(),
             &format!("the registry {}", self.dir.display()),
         )?;
-        if chosen.len() > MAX_CLASSES {
-            bail!(
-                "{} classes: at most {MAX_CLASSES} are supported",
-                chosen.len()
-            );
-        }
+        check_class_count(chosen.len())?;
         if chosen.is_empty() {
             tracing::warn!(
                 "the registry {} has no classes: frames are passed through unsegmented \

@@ -1,15 +1,13 @@
 //! Turning per-class probability maps into one label map and the `/results` JSON.
 //!
 //! Combination: every pixel goes to the class with the highest foreground probability, if that
-//! probability exceeds 0.5; otherwise it is background. Per class the JSON reports the area
+//! probability exceeds [`FOREGROUND_THRESHOLD`] (0.5); otherwise it is background. Per class the JSON reports the area
 //! fraction, the bounding box and centroid of its pixels, and its score (mean foreground
 //! probability over its pixels).
 
-use mce_core::inference::ClassMap;
+use super::classes::MAX_CLASSES;
+use mce_core::inference::{ClassMap, FOREGROUND_THRESHOLD};
 use serde::{Deserialize, Serialize};
-
-/// Foreground threshold of the combination.
-pub const THRESHOLD: f32 = 0.5;
 
 /// One label per pixel: 0 = background, `i + 1` = class `i`.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,12 +17,12 @@ pub struct LabelMap {
     pub labels: Vec<u8>,
 }
 
-/// Combine per-class maps (all of one frame's size; at most 254 classes).
+/// Combine per-class maps (all of one frame's size; at most [`MAX_CLASSES`]).
 pub fn combine(maps: &[ClassMap], width: usize, height: usize) -> LabelMap {
     let n = width * height;
     let mut labels = vec![0u8; n];
-    let mut best = vec![THRESHOLD; n];
-    for (i, m) in maps.iter().enumerate().take(254) {
+    let mut best = vec![FOREGROUND_THRESHOLD; n];
+    for (i, m) in maps.iter().enumerate().take(MAX_CLASSES) {
         debug_assert_eq!(m.probability.len(), n);
         for ((l, b), &p) in labels.iter_mut().zip(best.iter_mut()).zip(&m.probability) {
             if p > *b {

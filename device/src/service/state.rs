@@ -9,6 +9,7 @@
 use super::classes::ClassInfo;
 use super::metrics::Metrics;
 use super::slot::FrameSlot;
+use mce_core::config::HeadKind;
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -47,13 +48,15 @@ pub struct Shared {
     source: Mutex<SourceStatus>,
     classes: RwLock<Vec<ClassInfo>>,
     pub model_trained: bool,
+    /// The kind of head the loaded model runs (`/healthz`).
+    pub model_head: HeadKind,
     pub started: Instant,
 }
 
 impl Shared {
     /// Fresh state for a source described as `source` (state `Starting`), with no classes yet;
     /// `started` is now.
-    pub(crate) fn new(source: String, model_trained: bool) -> Self {
+    pub(crate) fn new(source: String, model_trained: bool, model_head: HeadKind) -> Self {
         Self {
             metrics: Metrics::new(),
             slot: FrameSlot::new(),
@@ -67,6 +70,7 @@ impl Shared {
             }),
             classes: RwLock::new(Vec::new()),
             model_trained,
+            model_head,
             started: Instant::now(),
         }
     }
