@@ -1,7 +1,7 @@
-//! Evaluation of a few-shot segmenter on a fold's fixed test episodes, with the protocol of
-//! MCE_PAPER.md ("Training and evaluation protocol"): several seeds of `test_episodes`, scoring at
-//! the ORIGINAL label resolution, mIoU per class accumulated over episodes, FB-IoU, and the spread
-//! across seeds (mean and 95 % Student-t interval).
+//! Evaluation of a few-shot segmenter on a fold's fixed test episodes, with the paper's protocol
+//! (the one EVAL.md reports): several seeds of `test_episodes`, scoring at the ORIGINAL label
+//! resolution, mIoU per class accumulated over episodes, FB-IoU, and the spread across seeds
+//! (mean and 95 % Student-t interval).
 //!
 //! ```text
 //! EvalOptions ─ test_episodes(fold, shots, n, seed) per seed ─▶ episode lists

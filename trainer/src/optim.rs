@@ -1,4 +1,5 @@
-//! SGD with momentum and weight decay (PyTorch semantics), and the poly learning-rate schedule.
+//! SGD with momentum and weight decay (PyTorch semantics), and the poly learning-rate schedule
+//! (with an optional linear warm-up).
 //!
 //! `candle_nn::optim::SGD` has neither momentum nor weight decay. Per variable `p` with gradient `g`:
 //!

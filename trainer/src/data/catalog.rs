@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
-use super::coco::CocoImage;
+use super::labels::LabelDecoder;
 use super::sample::{MaskSource, Sample, SampleRef};
 use super::scan::Scan;
 use super::{ClassId, ClassInfo};
@@ -43,8 +43,8 @@ pub enum LabelSource {
     ClassIndex(PathBuf),
     /// A binary mask (0/255 or 0/1 with 255 = ignore) of a single class.
     Binary { path: PathBuf, class: ClassId },
-    /// COCO annotations of the image, decoded on demand.
-    Coco(Arc<CocoImage>),
+    /// A label its format decodes on demand (COCO annotations), see [`LabelDecoder`].
+    Decoded(Arc<dyn LabelDecoder>),
 }
 
 impl LabelSource {
@@ -67,28 +67,29 @@ impl LabelSource {
                 path: path.clone(),
                 encoding: mce_core::preprocess::MaskEncoding::Binary,
             }),
-            LabelSource::Coco(image) => Ok(MaskSource::Coco {
-                image: Arc::clone(image),
+            LabelSource::Decoded(label) => Ok(MaskSource::Decoded {
+                label: Arc::clone(label),
                 class,
             }),
         }
     }
 
-    /// The file the label is read from (for COCO, the annotation json).
+    /// The file the label is read from (for a decoded label, e.g. the COCO annotation json).
     pub fn path(&self) -> &Path {
         match self {
             LabelSource::ClassIndex(p) | LabelSource::Binary { path: p, .. } => p,
-            LabelSource::Coco(img) => &img.annotation_file,
+            LabelSource::Decoded(label) => label.file(),
         }
     }
 
-    /// A name for reports: the label file, or the image's COCO id and annotation file.
+    /// A name for reports: the label file, or what the decoder says (COCO: the image's id and
+    /// file name).
     pub fn describe(&self) -> String {
         match self {
             LabelSource::ClassIndex(p) | LabelSource::Binary { path: p, .. } => {
                 p.display().to_string()
             }
-            LabelSource::Coco(img) => format!("COCO image id {} ({})", img.id, img.file_name),
+            LabelSource::Decoded(label) => label.describe(),
         }
     }
 }

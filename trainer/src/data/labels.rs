@@ -1,12 +1,39 @@
-//! Reading class-index label maps whole (all classes at once) for the scan. Same value rules as
-//! `mce_core::preprocess::load_mask` with `MaskEncoding::ClassIndex`: 8-bit grey, or a colour
-//! file whose pixels are all grey; palette PNGs are refused (the decoder expands them to colours).
+//! Label decoding shared by the formats.
+//!
+//! - [`LabelDecoder`]: a label that its format module decodes itself, from memory, instead of a
+//!   mask file (COCO's per-image annotations). The generic [`super::LabelSource`] and
+//!   [`super::MaskSource`] hold it as `Arc<dyn LabelDecoder>`, so they do not name any format.
+//! - [`label_histogram`]: a class-index label map read whole (all classes at once) for the scan.
+//!   Same value rules as `mce_core::preprocess::load_mask` with `MaskEncoding::ClassIndex`: 8-bit
+//!   grey, or a colour file whose pixels are all grey; palette PNGs are refused (the decoder
+//!   expands them to colours).
 
+use std::fmt::Debug;
 use std::path::Path;
 
 use image::{DynamicImage, ImageReader, Limits};
+use mce_core::preprocess::Mask;
 
+use super::scan::ImageScan;
+use super::ClassId;
 use crate::{Error, Result};
+
+/// A label decoded on demand by its format module (implemented by `coco::CocoImage`).
+pub trait LabelDecoder: Send + Sync + Debug {
+    /// The episode label of `class`: 1 where the class is, 0 elsewhere. The error names the file
+    /// and the image in it.
+    fn mask(&self, class: ClassId) -> Result<Mask>;
+
+    /// The scan of this label: its size and the pixels of every class present. A decoding error
+    /// does not stop it; it is kept in [`ImageScan::error`] (naming the file).
+    fn scan(&self) -> ImageScan;
+
+    /// The file the label is read from (for COCO, the annotation json).
+    fn file(&self) -> &Path;
+
+    /// A name for reports (`check_data`): which image of [`LabelDecoder::file`] this is.
+    fn describe(&self) -> String;
+}
 
 /// Largest label map accepted, in pixels (as `mce_core::preprocess::DEFAULT_MAX_PIXELS`).
 pub const MAX_LABEL_PIXELS: u64 = mce_core::preprocess::DEFAULT_MAX_PIXELS;

@@ -1,14 +1,14 @@
 //! [`SampleRef`] (an image of the pool seen as an instance of one class), its resolved
 //! [`Sample`] (image path + [`MaskSource`]) and the loaded pair.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use image::RgbImage;
 use mce_core::preprocess::{load_mask, load_rgb, Mask, MaskEncoding};
 use serde::{Deserialize, Serialize};
 
-use super::coco::CocoImage;
+use super::labels::LabelDecoder;
 use super::ClassId;
 use crate::{Error, Result};
 
@@ -27,31 +27,27 @@ pub enum MaskSource {
         path: PathBuf,
         encoding: MaskEncoding,
     },
-    /// The union of the class's COCO annotations in an image (decoded from memory).
-    Coco {
-        image: Arc<CocoImage>,
+    /// A label its format decodes from memory (COCO: the union of the class's annotations).
+    Decoded {
+        label: Arc<dyn LabelDecoder>,
         class: ClassId,
     },
 }
 
 impl MaskSource {
+    /// The file the label is read from (for a decoded label, e.g. the COCO annotation json).
+    pub fn path(&self) -> &Path {
+        match self {
+            MaskSource::File { path, .. } => path,
+            MaskSource::Decoded { label, .. } => label.file(),
+        }
+    }
+
     /// The episode label: 1 = the class, 0 = other labelled pixels, 255 = ignore (kept).
     pub fn load(&self) -> Result<Mask> {
         match self {
             MaskSource::File { path, encoding } => Ok(load_mask(path, *encoding)?),
-            MaskSource::Coco { image, class } => {
-                let data = image.class_mask(*class).map_err(|reason| {
-                    Error::format(
-                        image.annotation_file.to_path_buf(),
-                        format!("image id {}: {reason}", image.id),
-                    )
-                })?;
-                Ok(Mask {
-                    width: image.width,
-                    height: image.height,
-                    data,
-                })
-            }
+            MaskSource::Decoded { label, class } => label.mask(*class),
         }
     }
 }

@@ -85,27 +85,7 @@ fn scan_label(label: &LabelSource, ids: &[ClassId]) -> ImageScan {
             }
             Err(e) => out.error = Some(e.to_string()),
         },
-        LabelSource::Coco(img) => {
-            out.label_size = Some((img.width as u32, img.height as u32));
-            for class in img.classes() {
-                match img.class_mask(class) {
-                    Ok(m) => {
-                        let n = m.iter().filter(|&&v| v == 1).count() as u64;
-                        if n > 0 {
-                            out.class_pixels.push((class, n));
-                        }
-                    }
-                    Err(reason) => {
-                        out.error = Some(format!(
-                            "{}: image id {} ({}): {reason}",
-                            img.annotation_file.display(),
-                            img.id,
-                            img.file_name
-                        ));
-                    }
-                }
-            }
-        }
+        LabelSource::Decoded(label) => out = label.scan(),
     }
     out
 }

@@ -14,14 +14,13 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 
 use indicatif::ProgressBar;
 use mce_core::metrics::{intersection_union, IouAccumulator};
 use mce_core::preprocess::{logits_to_original_size, Mask};
 
 use super::{CanvasView, EpisodeModel};
-use crate::data::{Episode, FewShotDataset, MaskSource, SampleRef};
+use crate::data::{Episode, FewShotDataset, SampleRef};
 use crate::{Error, Result};
 
 /// How the episode loop visits the episodes.
@@ -68,14 +67,6 @@ pub fn predict_original<M: EpisodeModel + ?Sized>(
     })
 }
 
-/// The file a label is read from (for COCO, its annotation file).
-fn label_file(mask: &MaskSource) -> PathBuf {
-    match mask {
-        MaskSource::File { path, .. } => path.clone(),
-        MaskSource::Coco { image, .. } => image.annotation_file.to_path_buf(),
-    }
-}
-
 /// The episode label of `r` at its original resolution; [`Error::Format`] naming the label file
 /// when its size is not `(height, width)` (the image's size).
 pub fn load_label(
@@ -87,7 +78,7 @@ pub fn load_label(
     let mask = sample.load_mask()?;
     if (mask.height, mask.width) != (height, width) {
         return Err(Error::format(
-            label_file(&sample.mask),
+            sample.mask.path(),
             format!(
                 "label is {}x{} but its image {} is {width}x{height}",
                 mask.width,

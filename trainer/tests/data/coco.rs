@@ -58,11 +58,17 @@ pub fn coco(root: &Path) {
     std::fs::write(path, doc.to_string()).expect("write json");
 }
 
+/// The COCO image of entry `index`, checking that the entry's label is that image, decoded.
 fn coco_image(ds: &Coco20i, index: usize) -> &CocoImage {
-    match &ds.catalog().entries()[index].label {
-        LabelSource::Coco(img) => img,
-        other => panic!("not a COCO label: {other:?}"),
-    }
+    let img = &ds.images()[index];
+    let label = &ds.catalog().entries()[index].label;
+    assert!(
+        matches!(label, LabelSource::Decoded(_)),
+        "not a decoded label: {label:?}"
+    );
+    let want = format!("COCO image id {} ({})", img.id, img.file_name);
+    assert_eq!(label.describe(), want);
+    img
 }
 
 #[test]
@@ -117,7 +123,7 @@ fn coco_classes_folds_masks() -> Result<()> {
     });
     let s = ds.samples(5)?;
     assert_eq!(s.len(), 1);
-    assert!(matches!(s[0].mask, MaskSource::Coco { class: 5, .. }));
+    assert!(matches!(s[0].mask, MaskSource::Decoded { class: 5, .. }));
     let m = s[0].load_mask()?;
     assert_eq!((m.width, m.height, m.foreground_count()), (96, 64, 100));
     assert!(s[0].image.ends_with("val2014/a.jpg"));

@@ -1,10 +1,11 @@
 //! COCO-20i from a COCO 2014 / 2017 `instances_*.json` and its image folder.
 //!
 //! Categories are numbered 1..=80 in category-id order (COCO's ids run to 90 with gaps). Each
-//! image keeps its annotations in memory ([`CocoImage`]); the mask of a class is the union of
-//! its annotations (polygons and RLE, crowd annotations included, as pycocotools' `annToMask`
-//! does per annotation), decoded on demand. Images without annotations are left out. Folds are
-//! interleaved: fold i of 4 tests classes {4k + i + 1 : k = 0..19}.
+//! image keeps its annotations in memory ([`CocoImage`], the catalog's [`LabelDecoder`] for it);
+//! the mask of a class is the union of its annotations (polygons and RLE, crowd annotations
+//! included, as pycocotools' `annToMask` does per annotation), decoded on demand. Images without
+//! annotations are left out. Folds are interleaved: fold i of 4 tests classes
+//! {4k + i + 1 : k = 0..19}.
 
 pub mod rle;
 
@@ -14,8 +15,12 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use mce_core::preprocess::Mask;
+
 use self::rle::{polygon_mask, Rle};
 use super::catalog::{Catalog, FileProblem, ImageEntry, LabelSource};
+use super::labels::LabelDecoder;
+use super::scan::ImageScan;
 use super::{folds, ClassId, ClassInfo, FewShotDataset};
 use crate::{Error, Result};
 
@@ -121,6 +126,56 @@ impl CocoImage {
     }
 }
 
+impl LabelDecoder for CocoImage {
+    fn mask(&self, class: ClassId) -> Result<Mask> {
+        let data = self.class_mask(class).map_err(|reason| {
+            Error::format(
+                self.annotation_file.to_path_buf(),
+                format!("image id {}: {reason}", self.id),
+            )
+        })?;
+        Ok(Mask {
+            width: self.width,
+            height: self.height,
+            data,
+        })
+    }
+
+    fn scan(&self) -> ImageScan {
+        let mut out = ImageScan {
+            label_size: Some((self.width as u32, self.height as u32)),
+            ..ImageScan::default()
+        };
+        for class in self.classes() {
+            match self.class_mask(class) {
+                Ok(m) => {
+                    let n = m.iter().filter(|&&v| v == 1).count() as u64;
+                    if n > 0 {
+                        out.class_pixels.push((class, n));
+                    }
+                }
+                Err(reason) => {
+                    out.error = Some(format!(
+                        "{}: image id {} ({}): {reason}",
+                        self.annotation_file.display(),
+                        self.id,
+                        self.file_name
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    fn file(&self) -> &Path {
+        &self.annotation_file
+    }
+
+    fn describe(&self) -> String {
+        format!("COCO image id {} ({})", self.id, self.file_name)
+    }
+}
+
 #[derive(Deserialize)]
 struct InstancesJson {
     images: Vec<JsonImage>,
@@ -157,6 +212,8 @@ struct JsonCategory {
 #[derive(Debug)]
 pub struct Coco20i {
     catalog: Catalog,
+    /// The image behind each catalog entry, in entry order (shared with the entry's label).
+    images: Vec<Arc<CocoImage>>,
 }
 
 impl Coco20i {
@@ -206,7 +263,7 @@ impl Coco20i {
         }
         let mut imgs = json.images;
         imgs.sort_by_key(|i| i.id);
-        let mut entries = Vec::new();
+        let (mut entries, mut coco_images) = (Vec::new(), Vec::new());
         for img in imgs {
             let Some(annotations) = by_image.remove(&img.id) else {
                 continue;
@@ -219,15 +276,17 @@ impl Coco20i {
                 });
                 continue;
             }
-            let label = LabelSource::Coco(Arc::new(CocoImage {
+            let image = Arc::new(CocoImage {
                 id: img.id,
                 file_name: img.file_name,
                 height: img.height,
                 width: img.width,
                 annotation_file: Arc::clone(&file),
                 annotations,
-            }));
+            });
+            let label = LabelSource::Decoded(Arc::clone(&image) as Arc<dyn LabelDecoder>);
             entries.push(ImageEntry { image: path, label });
+            coco_images.push(image);
         }
         for (id, _) in by_image {
             problems.push(FileProblem {
@@ -237,7 +296,13 @@ impl Coco20i {
         }
         Ok(Coco20i {
             catalog: Catalog::new("coco", images, classes, entries, problems),
+            images: coco_images,
         })
+    }
+
+    /// The COCO image (annotations) of each catalog entry, in entry order.
+    pub fn images(&self) -> &[Arc<CocoImage>] {
+        &self.images
     }
 
     /// Open a COCO root for `split` ("train" or "val"): `annotations/instances_<split>2014.json`
