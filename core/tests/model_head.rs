@@ -7,7 +7,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use mce_core::config::{Branches, HeadKind, MceConfig};
+use mce_core::config::{Attention, Branches, HeadKind, MceConfig};
 use mce_core::model::Mode;
 use mce_core::{Features, Mce};
 
@@ -150,6 +150,33 @@ fn query_branch_ignores_background_support_values() -> Result<()> {
     for (y, x) in [(0, 0), (7, 7), (1, 5), (6, 0)] {
         s_bg = perturb_level2(&s_bg, y, x)?;
     }
+    let out = enc.forward(&qt, &enc.encode_support(&s_bg.level2, &mask)?)?;
+    assert_eq!(max_abs_diff(&out, &base)?, 0.0);
+    let s_fg = perturb_level2(&s, 4, 4)?;
+    let out = enc.forward(&qt, &enc.encode_support(&s_fg.level2, &mask)?)?;
+    assert!(max_abs_diff(&out, &base)? > 1e-6);
+    Ok(())
+}
+
+/// The conventional (ablation) query branch attends to support keys: background keys get zero
+/// weight, so background support tokens cannot reach the output either.
+#[test]
+fn conventional_query_branch_ignores_background_support() -> Result<()> {
+    let mut cfg = small(Branches::QueryOnly);
+    cfg.paper_mut().unwrap().attention = Attention::Conventional;
+    let (_, m) = head(&cfg)?;
+    let enc = &m
+        .cross_encoding()
+        .expect("cross")
+        .levels()
+        .next()
+        .unwrap()
+        .1;
+    let (q, s) = (features(&cfg, 1, 1.0)?, features(&cfg, 1, 2.0)?);
+    let mask = block_mask(1, cfg.level_grid(2), 2, 6)?;
+    let qt = enc.encode_query(&q.level2)?;
+    let base = enc.forward(&qt, &enc.encode_support(&s.level2, &mask)?)?;
+    let s_bg = perturb_level2(&perturb_level2(&s, 0, 0)?, 7, 7)?;
     let out = enc.forward(&qt, &enc.encode_support(&s_bg.level2, &mask)?)?;
     assert_eq!(max_abs_diff(&out, &base)?, 0.0);
     let s_fg = perturb_level2(&s, 4, 4)?;

@@ -1,0 +1,263 @@
+//! The two attention branches of a cross-encoding level (Eqs. 5–9), each a complete type with its
+//! `Linear` maps (Eq. 4) and its `MLP(LN(·))` output head.
+
+use super::{QueryTokens, SupportTokens};
+use crate::config::{Attention, PaperConfig};
+use crate::ops::{layer_norm, softmax};
+use crate::quant::layers::{linear, Linear};
+use crate::quant::QuantVarBuilder;
+use candle_core::{Module, Result, Tensor};
+
+/// `Linear(d, r·d) – GELU(erf) – Linear(r·d, d)`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    pub fn new(d: usize, hidden: usize, vb: QuantVarBuilder) -> Result<Self> {
+        Ok(Self {
+            fc1: linear(d, hidden, vb.pp("fc1"))?,
+            fc2: linear(hidden, d, vb.pp("fc2"))?,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.fc1.forward(xs)?.gelu_erf()?)
+    }
+}
+
+/// LayerNorm (eps 1e-5) built from primitives so that it has gradients.
+#[derive(Debug, Clone)]
+pub struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Norm {
+    pub fn new(d: usize, vb: QuantVarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(d, "weight", candle_nn::Init::Const(1.0))?,
+            bias: vb.get_with_hints(d, "bias", candle_nn::Init::Const(0.0))?,
+        })
+    }
+}
+
+impl Module for Norm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        layer_norm(xs, &self.weight, &self.bias, 1e-5)
+    }
+}
+
+/// One branch's output head: `MLP(LN(R))`.
+#[derive(Debug, Clone)]
+struct BranchHead {
+    norm: Norm,
+    mlp: Mlp,
+}
+
+impl BranchHead {
+    fn new(cfg: &PaperConfig, vb: QuantVarBuilder, name: &str) -> Result<Self> {
+        let d = cfg.d_model;
+        Ok(Self {
+            norm: Norm::new(d, vb.pp(format!("{name}_norm")))?,
+            mlp: Mlp::new(d, d * cfg.mlp_ratio, vb.pp(format!("{name}_mlp")))?,
+        })
+    }
+
+    /// `(B, h, N, d_h)` → `(B, d, H, W)`.
+    fn forward(&self, r: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+        let tokens = merge_heads(r)?; // (B, N, d)
+        let out = self.mlp.forward(&self.norm.forward(&tokens)?)?;
+        let (b, _, d) = out.dims3()?;
+        out.transpose(1, 2)?.reshape((b, d, h, w))
+    }
+}
+
+/// `(B, N, d)` → `(B, heads, N, d/heads)`.
+fn split_heads(xs: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, n, d) = xs.dims3()?;
+    xs.reshape((b, n, heads, d / heads))?
+        .transpose(1, 2)?
+        .contiguous()
+}
+
+/// `(B, heads, N, d_h)` → `(B, N, heads·d_h)`.
+fn merge_heads(xs: &Tensor) -> Result<Tensor> {
+    let (b, h, n, dh) = xs.dims4()?;
+    xs.transpose(1, 2)?.contiguous()?.reshape((b, n, h * dh))
+}
+
+/// `softmax(a bᵀ · scale + bias)`, all `(B, h, N, d_h)`; `bias` broadcasts on the key axis.
+fn weights(a: &Tensor, b: &Tensor, scale: f64, bias: Option<&Tensor>) -> Result<Tensor> {
+    let logits = (a * scale)?.matmul(&b.t()?)?; // (B, h, N, N); scaling a is N/d_h times cheaper
+    let logits = match bias {
+        Some(bias) => logits.broadcast_add(bias)?,
+        None => logits,
+    };
+    softmax(&logits)
+}
+
+/// The three `Linear(d, d)` maps of one branch (Eq. 4), named `<side>_<q|k|v>` after the image
+/// each is applied to, and the branch's `MLP(LN(·))`.
+#[derive(Debug, Clone)]
+pub(super) struct BranchMaps {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    head: BranchHead,
+}
+
+impl BranchMaps {
+    /// `sides`: the image (`"query"` or `"support"`) each of q, k, v reads; `head`: the branch.
+    fn new(cfg: &PaperConfig, sides: [&str; 3], head: &str, vb: &QuantVarBuilder) -> Result<Self> {
+        let d = cfg.d_model;
+        let map = |side: &str, n: &str| linear(d, d, vb.pp(format!("{side}_{n}")));
+        Ok(Self {
+            q: map(sides[0], "q")?,
+            k: map(sides[1], "k")?,
+            v: map(sides[2], "v")?,
+            head: BranchHead::new(cfg, vb.clone(), head)?,
+        })
+    }
+}
+
+/// The query branch `R_Q` (Eqs. 7–8): every query position gathers support values.
+#[derive(Debug, Clone)]
+pub(super) enum QueryBranch {
+    /// The paper: `R_Q = softmax(Q_q Q_kᵀ/√d_h) (S_v ⊙ M)`, weights from the query alone.
+    Symmetric(BranchMaps),
+    /// Ablation: `R_Q = softmax(Q_q S_kᵀ/√d_h + M_key) S_v`.
+    Conventional(BranchMaps),
+}
+
+/// The support branch `R_S` (Eqs. 5–6): every support position gathers query values.
+#[derive(Debug, Clone)]
+pub(super) enum SupportBranch {
+    /// The paper: `R_S = softmax(S_q S_kᵀ/√d_h + M_key) Q_v`, background keys get −∞.
+    Symmetric(BranchMaps),
+    /// Ablation: `R_S = softmax(S_q Q_kᵀ/√d_h) Q_v`.
+    Conventional(BranchMaps),
+}
+
+/// Which branches a level runs; their outputs are fused in this order (query, then support).
+#[derive(Debug, Clone)]
+pub(super) enum LevelBranches {
+    Both(QueryBranch, SupportBranch),
+    QueryOnly(QueryBranch),
+    SupportOnly(SupportBranch),
+}
+
+/// One branch's inputs at one level: both images' tokens split into heads on demand.
+pub(super) struct Pair<'a> {
+    pub(super) query: &'a QueryTokens,
+    pub(super) support: &'a SupportTokens,
+    pub(super) heads: usize,
+    pub(super) scale: f64,
+}
+
+impl Pair<'_> {
+    /// `tokens · W`, split into heads: `(B, h, N, d_h)`.
+    fn map(&self, l: &Linear, tokens: &Tensor) -> Result<Tensor> {
+        split_heads(&l.forward(tokens)?, self.heads)
+    }
+    fn q(&self, l: &Linear) -> Result<Tensor> {
+        self.map(l, &self.query.tokens)
+    }
+    fn s(&self, l: &Linear) -> Result<Tensor> {
+        self.map(l, &self.support.tokens)
+    }
+    fn key_bias(&self) -> &Tensor {
+        &self.support.mask.key_bias
+    }
+}
+
+impl QueryBranch {
+    pub(super) fn new(cfg: &PaperConfig, vb: &QuantVarBuilder) -> Result<Self> {
+        Ok(match cfg.attention {
+            Attention::Symmetric => Self::Symmetric(BranchMaps::new(
+                cfg,
+                ["query", "query", "support"],
+                "query",
+                vb,
+            )?),
+            Attention::Conventional => Self::Conventional(BranchMaps::new(
+                cfg,
+                ["query", "support", "support"],
+                "query",
+                vb,
+            )?),
+        })
+    }
+
+    /// `A_Q` when it depends on the query alone (symmetric).
+    pub(super) fn query_weights(
+        &self,
+        tokens: &Tensor,
+        heads: usize,
+        scale: f64,
+    ) -> Result<Option<Tensor>> {
+        match self {
+            Self::Symmetric(m) => {
+                let split = |l: &Linear| split_heads(&l.forward(tokens)?, heads);
+                Ok(Some(weights(&split(&m.q)?, &split(&m.k)?, scale, None)?))
+            }
+            Self::Conventional(_) => Ok(None),
+        }
+    }
+
+    /// `f'_Q = MLP(LN(R_Q))`: `(B, d, H, W)`.
+    pub(super) fn forward(&self, p: &Pair) -> Result<Tensor> {
+        let (m, r_q) = match self {
+            Self::Symmetric(m) => {
+                let a_q = match &p.query.a_q {
+                    Some(a_q) => a_q.clone(),
+                    None => weights(&p.q(&m.q)?, &p.q(&m.k)?, p.scale, None)?,
+                };
+                // values: S_v with background tokens zeroed, (B, h, N, d_h) ⊙ (B, 1, N, 1)
+                let keep = p.support.mask.keep.unsqueeze(1)?.unsqueeze(3)?;
+                (m, a_q.matmul(&p.s(&m.v)?.broadcast_mul(&keep)?)?)
+            }
+            Self::Conventional(m) => {
+                let a = weights(&p.q(&m.q)?, &p.s(&m.k)?, p.scale, Some(p.key_bias()))?;
+                (m, a.matmul(&p.s(&m.v)?)?)
+            }
+        };
+        m.head.forward(&r_q, p.query.h, p.query.w)
+    }
+}
+
+impl SupportBranch {
+    pub(super) fn new(cfg: &PaperConfig, vb: &QuantVarBuilder) -> Result<Self> {
+        Ok(match cfg.attention {
+            Attention::Symmetric => Self::Symmetric(BranchMaps::new(
+                cfg,
+                ["support", "support", "query"],
+                "support",
+                vb,
+            )?),
+            Attention::Conventional => Self::Conventional(BranchMaps::new(
+                cfg,
+                ["support", "query", "query"],
+                "support",
+                vb,
+            )?),
+        })
+    }
+
+    /// `f'_S = MLP(LN(R_S))`: `(B, d, H, W)`.
+    pub(super) fn forward(&self, p: &Pair) -> Result<Tensor> {
+        let (m, a) = match self {
+            Self::Symmetric(m) => (
+                m,
+                weights(&p.s(&m.q)?, &p.s(&m.k)?, p.scale, Some(p.key_bias()))?,
+            ),
+            Self::Conventional(m) => (m, weights(&p.s(&m.q)?, &p.q(&m.k)?, p.scale, None)?),
+        };
+        m.head
+            .forward(&a.matmul(&p.q(&m.v)?)?, p.query.h, p.query.w)
+    }
+}
