@@ -72,6 +72,7 @@ fn trained_checkpoint_segments_through_the_device_cli() {
         stop_at: None,
         online: false,
         loss: Default::default(),
+        init: Default::default(),
     };
     let device = candle_core::Device::Cpu;
     let weights = lite0_weights_path();

@@ -118,6 +118,7 @@ fn config(steps: usize) -> TrainConfig {
         stop_at: None,
         online: true,
         loss: Default::default(),
+        init: Default::default(),
     }
 }
 
@@ -166,6 +167,7 @@ fn online_training_runs_and_resumes_bit_for_bit() {
     let cached = TrainConfig {
         online: false,
         loss: Default::default(),
+        init: Default::default(),
         ..config(3)
     };
     run(&cached, "cached", false);

@@ -66,6 +66,7 @@ fn train_config(steps: usize) -> TrainConfig {
         stop_at: None,
         online: false,
         loss: Default::default(),
+        init: Default::default(),
     }
 }
 

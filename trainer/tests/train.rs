@@ -43,6 +43,7 @@ fn config(steps: usize) -> TrainConfig {
         stop_at: None,
         online: false,
         loss: Default::default(),
+        init: Default::default(),
     }
 }
 

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use mce_core::config::HeadKind;
 use mce_core::inference::{lite0_weights_path, load_backbone};
+use mce_core::model::init::InitScheme;
 use mce_core::model::loss::LossKind;
 use mce_core::{BackboneKind, MceConfig};
 use std::path::PathBuf;
@@ -18,6 +19,15 @@ pub enum LossArg {
     Ce,
     /// Cross-entropy plus the per-episode soft Dice of the foreground.
     CeDice,
+}
+
+/// `--init` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InitArg {
+    /// candle's Kaiming normal, std √(2 / fan_in).
+    Candle,
+    /// PyTorch's default for conv and linear layers: uniform on ±1/√fan_in.
+    Torch,
 }
 
 /// `--head` values.
@@ -92,6 +102,8 @@ pub struct TrainArgs {
     /// Do not add mirrored variants.
     #[arg(long)]
     pub no_flip: bool,
+    /// Hold out about one training image in this many as validation queries (0 or 1: none, no
+    /// validation and no best checkpoint).
     #[arg(long, default_value_t = 8)]
     pub val_every_image: u64,
     #[arg(long, default_value_t = 300)]
@@ -113,6 +125,9 @@ pub struct TrainArgs {
     /// Loss: the paper's pixel cross-entropy, or cross-entropy plus a per-episode soft Dice term.
     #[arg(long, value_enum, default_value_t = LossArg::Ce)]
     pub loss: LossArg,
+    /// How the head's conv and linear weights are initialised.
+    #[arg(long, value_enum, default_value_t = InitArg::Candle)]
+    pub init: InitArg,
     /// Run directory (checkpoints, log.jsonl).
     #[arg(long)]
     pub out: PathBuf,
@@ -195,6 +210,10 @@ impl TrainArgs {
             loss: match self.loss {
                 LossArg::Ce => LossKind::CrossEntropy,
                 LossArg::CeDice => LossKind::CrossEntropyDice,
+            },
+            init: match self.init {
+                InitArg::Candle => InitScheme::Candle,
+                InitArg::Torch => InitScheme::Torch,
             },
         })
     }

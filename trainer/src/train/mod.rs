@@ -24,6 +24,7 @@ use crate::data::FewShotDataset;
 use crate::optim::SgdConfig;
 use crate::{Error, Result};
 use candle_core::Device;
+use mce_core::model::init::InitScheme;
 use mce_core::model::loss::LossKind;
 use mce_core::{AnyBackbone, MceConfig};
 use run::{Run, TrainData, TrainModel};
@@ -50,7 +51,8 @@ pub struct TrainConfig {
     /// Longer-side scales of the cached variants; each also mirrored when `flips`.
     pub scales: Vec<f32>,
     pub flips: bool,
-    /// About 1/`val_every_image` of the training images become validation queries.
+    /// About 1/`val_every_image` of the training images become validation queries (0 or 1: none;
+    /// every image trains, no validation runs and no `best` checkpoint is written).
     pub val_every_image: u64,
     pub val_episodes: usize,
     pub val_interval: usize,
@@ -66,6 +68,9 @@ pub struct TrainConfig {
     /// The loss minimised (absent from older runs, which read as the paper's cross-entropy).
     #[serde(default)]
     pub loss: LossKind,
+    /// How the head's conv and linear weights are drawn (absent from older runs: candle's).
+    #[serde(default)]
+    pub init: InitScheme,
 }
 
 /// What a run reports at the end.

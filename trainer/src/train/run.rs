@@ -121,7 +121,13 @@ impl TrainModel {
         device: &Device,
     ) -> Result<Self> {
         let varmap = VarMap::new();
-        let vb = mce_core::model::init::seeded_varbuilder(&varmap, cfg.seed, DType::F32, device);
+        let vb = mce_core::model::init::seeded_varbuilder_with(
+            &varmap,
+            cfg.seed,
+            cfg.init,
+            DType::F32,
+            device,
+        );
         let head = Mce::new(&cfg.model, vb)?;
         let opt = Sgd::from_varmap(&varmap, cfg.sgd);
         let backbone_tensors = state::backbone_tensors(backbone_weights, device)?;
@@ -295,7 +301,7 @@ impl<'c> Run<'c> {
     }
 
     /// Every `val_interval` steps (and at the last step of the run or session): validate, and
-    /// save `best` when the validation mIoU improved. Every `checkpoint_interval` steps (and at
+    /// save `best` when the validation mIoU improved (nothing without validation episodes). Every `checkpoint_interval` steps (and at
     /// the last): save `last` with the optimizer state.
     fn validate_and_checkpoint(
         &mut self,
@@ -307,7 +313,8 @@ impl<'c> Run<'c> {
     ) -> Result<()> {
         let cfg = self.cfg;
         let last_step = step == cfg.steps || out_of_time;
-        if step.is_multiple_of(cfg.val_interval) || last_step {
+        let validating = !data.val_episodes.is_empty();
+        if validating && (step.is_multiple_of(cfg.val_interval) || last_step) {
             self.validate(data, model, step, device)?;
         }
         if step.is_multiple_of(cfg.checkpoint_interval) || last_step {
