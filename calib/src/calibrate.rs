@@ -27,7 +27,7 @@ use mce_core::{AnyBackbone, BackboneKind, Mce};
 use mce_train::data::{EpisodeSampler, FewShotDataset};
 use mce_train::features::FeatureStore;
 use mce_train::train::batch;
-use mce_train::transform::Variant;
+use mce_train::transform::{Canvas, Variant};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -94,8 +94,8 @@ fn observe_episodes(
     let pool = ds.train_pool(opts.fold, opts.folds)?;
     let episodes = EpisodeSampler::new(opts.seed).episodes(&pool, 1, opts.episodes)?;
     let refs = mce_train::eval::episode_refs([episodes.as_slice()]);
-    let size = file.config.image_size;
-    let store = FeatureStore::build(ds, &refs, backbone, size, &[Variant::IDENTITY], device)?;
+    let canvas = Canvas::of(&file.config);
+    let store = FeatureStore::build(ds, &refs, backbone, canvas, &[Variant::IDENTITY], device)?;
     let bar = mce_train::features::progress(episodes.len() as u64, "calibrate head");
     for chunk in episodes.chunks(8) {
         let b = batch::assemble(&store, chunk, || 0, device)?;

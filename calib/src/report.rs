@@ -15,6 +15,7 @@ use mce_core::quant::{CalibrationTable, Method, QuantVarBuilder};
 use mce_core::{AnyBackbone, Mce, MceConfig};
 use mce_train::data::FewShotDataset;
 use mce_train::eval::{build_store, evaluate, seed_episodes, EvalOptions};
+use mce_train::transform::Canvas;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -140,7 +141,7 @@ fn score(
     device: &Device,
 ) -> Result<(VariantResult, Option<Segmenter>)> {
     let lists = seed_episodes(ds, opts)?;
-    let store = build_store(ds, &lists, &backbone, config.image_size, device)?;
+    let store = build_store(ds, &lists, &backbone, Canvas::of(config), device)?;
     let r = evaluate(ds, &head, &store, opts)?;
     let timed = timed.then(|| Segmenter::new(config.clone(), backbone, head, device, true));
     let v = VariantResult {

@@ -171,7 +171,7 @@ impl Segmenter {
         device: &Device,
         trained: bool,
     ) -> Self {
-        let resize = Resize::LongerSidePad(config.image_size);
+        let resize = config.input_resize();
         Self {
             config,
             backbone,

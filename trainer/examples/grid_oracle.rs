@@ -56,7 +56,13 @@ fn main() -> anyhow::Result<()> {
     let config = MceConfig::edge_lite0();
     let backbone = load_backbone(&config, &lite0_weights_path(), &Device::Cpu)?;
     let lists = seed_episodes(&ds, &opts)?;
-    let store = build_store(&ds, &lists, &backbone, config.image_size, &Device::Cpu)?;
+    let store = build_store(
+        &ds,
+        &lists,
+        &backbone,
+        mce_train::transform::Canvas::of(&config),
+        &Device::Cpu,
+    )?;
     for grid in [config.grid(), 2 * config.grid(), 4 * config.grid()] {
         let report = evaluate_model(&ds, &store, &GridOracle { grid }, &opts, "grid oracle")?;
         let seed = &report.seeds[0];

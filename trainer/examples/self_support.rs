@@ -146,7 +146,13 @@ fn main() -> anyhow::Result<()> {
     let config = MceConfig::edge_lite0();
     let device = Device::Cpu;
     let backbone = load_backbone(&config, &lite0_weights_path(), &device)?;
-    let store = build_baseline_store(&ds, &backbone, config.image_size, &opts, &device)?;
+    let store = build_baseline_store(
+        &ds,
+        &backbone,
+        mce_train::transform::Canvas::of(&config),
+        &opts,
+        &device,
+    )?;
     let view = CanvasView::new(&store)?;
     let (val, test) = (opts.validation(&ds)?, seed_episodes(&ds, &eval)?.remove(0));
     let nn = NearestNeighbour {

@@ -29,6 +29,7 @@ use crate::eval::{
     build_store, evaluate_model, seed_episodes, CanvasView, EpisodeModel, EvalOptions, EvalReport,
 };
 use crate::features::FeatureStore;
+use crate::transform::Canvas;
 use crate::Result;
 
 pub use calibrate::{calibrate, validation_episodes, Calibration, CalibrationOptions, Candidate};
@@ -98,13 +99,13 @@ impl EpisodeModel for AllForeground {
 pub fn build_baseline_store(
     ds: &dyn FewShotDataset,
     backbone: &AnyBackbone,
-    size: usize,
+    canvas: Canvas,
     opts: &BaselineOptions,
     device: &Device,
 ) -> Result<FeatureStore> {
     let mut lists = seed_episodes(ds, &opts.eval)?;
     lists.push(opts.validation(ds)?);
-    build_store(ds, &lists, backbone, size, device)
+    build_store(ds, &lists, backbone, canvas, device)
 }
 
 /// The calibration and one evaluation report per baseline.

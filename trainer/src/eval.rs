@@ -35,8 +35,9 @@ use mce_core::{AnyBackbone, Features, Mce};
 
 use crate::data::{test_episodes, Episode, FewShotDataset, SampleRef};
 use crate::features::{progress, FeatureStore};
-use crate::transform::Variant;
+use crate::transform::{Canvas, Variant};
 use crate::{Error, Result};
+use mce_core::config::InputResize;
 
 pub use cli::{run, EpisodeArgs, EvalArgs};
 pub use engine::{predict_original, score_episodes, Grouping, Prediction, SeedScores};
@@ -96,11 +97,11 @@ pub fn build_store(
     ds: &dyn FewShotDataset,
     lists: &[Vec<Episode>],
     backbone: &AnyBackbone,
-    size: usize,
+    canvas: Canvas,
     device: &Device,
 ) -> Result<FeatureStore> {
     let refs = episode_refs(lists.iter().map(Vec::as_slice));
-    FeatureStore::build(ds, &refs, backbone, size, &[Variant::IDENTITY], device)
+    FeatureStore::build(ds, &refs, backbone, canvas, &[Variant::IDENTITY], device)
 }
 
 /// Read access to a [`FeatureStore`] at its test-transform variant ([`Variant::IDENTITY`]).
@@ -130,9 +131,9 @@ impl<'a> CanvasView<'a> {
         self.store.size()
     }
 
-    /// How images were brought to the canvas: the device's test transform.
+    /// How images were brought to the canvas: the device's test transform for this model.
     pub fn resize(&self) -> Resize {
-        Resize::LongerSidePad(self.store.size())
+        self.store.canvas().resize()
     }
 
     /// Backbone features `(1, C, h, w)` per level.
@@ -247,16 +248,35 @@ pub fn evaluate_checkpoint(
     opts: &EvalOptions,
     device: &Device,
 ) -> Result<EvalReport> {
+    evaluate_checkpoint_with(ds, checkpoint, opts, None, device)
+}
+
+/// [`evaluate_checkpoint`], with the images fitted to the canvas by `fit` instead of the model's
+/// own [`InputResize`] (an ablation: the same head under another test transform).
+pub fn evaluate_checkpoint_with(
+    ds: &dyn FewShotDataset,
+    checkpoint: &Path,
+    opts: &EvalOptions,
+    fit: Option<InputResize>,
+    device: &Device,
+) -> Result<EvalReport> {
     // A float checkpoint, or an int8 artifact (`mce-calib`) run as the device runs it.
     let model = mce_core::inference::load_model_file(checkpoint, device)?;
     let lists = seed_episodes(ds, opts)?;
     let start = Instant::now();
-    let store = build_store(ds, &lists, &model.backbone, model.config.image_size, device)?;
+    let canvas = Canvas {
+        fit: fit.unwrap_or(model.config.resize),
+        ..Canvas::of(&model.config)
+    };
+    let store = build_store(ds, &lists, &model.backbone, canvas, device)?;
     let feature_seconds = start.elapsed().as_secs_f64();
     let mut report = evaluate(ds, &model.head, &store, opts)?;
     report
         .notes
         .push(format!("checkpoint: {}", checkpoint.display()));
+    report
+        .notes
+        .push(format!("input: {:?} of {}", canvas.fit, canvas.size));
     report.notes.push(format!(
         "backbone features of {} images: {feature_seconds:.1} s (not in the wall time)",
         episode_refs(lists.iter().map(Vec::as_slice))

@@ -11,7 +11,7 @@
 //! Labels are kept on the model canvas (`S × S`, 1 = class, 0 = other, 255 = ignore/padding).
 
 use crate::data::{FewShotDataset, SampleRef};
-use crate::transform::{self, Variant};
+use crate::transform::{self, Canvas, Variant};
 use crate::Result;
 use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 
 /// Cached backbone features and canvas labels.
 pub struct FeatureStore {
-    size: usize,
+    canvas: Canvas,
     variants: Vec<Variant>,
     features: HashMap<usize, Vec<Features>>,
     labels: HashMap<(SampleRef, usize), Vec<u8>>,
@@ -44,12 +44,12 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
 
 impl FeatureStore {
     /// Compute features of every image referenced by `refs` (and labels of each (image, class)) at
-    /// every variant, on a canvas of `size`.
+    /// every variant, on `canvas`.
     pub fn build(
         ds: &dyn FewShotDataset,
         refs: &[SampleRef],
         backbone: &AnyBackbone,
-        size: usize,
+        canvas: Canvas,
         variants: &[Variant],
         device: &Device,
     ) -> Result<Self> {
@@ -61,7 +61,7 @@ impl FeatureStore {
             }
         }
         let mut store = FeatureStore {
-            size,
+            canvas,
             variants: variants.to_vec(),
             features: HashMap::new(),
             labels: HashMap::new(),
@@ -92,16 +92,17 @@ impl FeatureStore {
         for r in refs {
             let mask = ds.sample(*r)?.load_mask()?;
             for (vi, &v) in self.variants.iter().enumerate() {
-                let (placed, lab) = transform::apply(&img, &mask, v, self.size);
+                let (placed, lab) = transform::apply(&img, &mask, v, self.canvas);
                 if canvases.len() < self.variants.len() {
-                    canvases.push(transform::image_canvas(&placed, kind, self.size));
+                    canvases.push(transform::image_canvas(&placed, kind, self.canvas.size));
                 }
                 self.labels
-                    .insert((*r, vi), transform::label_canvas(&lab, self.size));
+                    .insert((*r, vi), transform::label_canvas(&lab, self.canvas.size));
             }
         }
         let n = canvases.len();
-        let batch = Tensor::from_vec(canvases.concat(), (n, 3, self.size, self.size), device)?;
+        let s = self.canvas.size;
+        let batch = Tensor::from_vec(canvases.concat(), (n, 3, s, s), device)?;
         let feats = backbone.features(&batch)?;
         let per_variant = (0..n)
             .map(|i| feats.narrow(i, 1))
@@ -116,7 +117,12 @@ impl FeatureStore {
 
     /// The canvas side `S`.
     pub fn size(&self) -> usize {
-        self.size
+        self.canvas.size
+    }
+
+    /// The canvas the images were placed on.
+    pub fn canvas(&self) -> Canvas {
+        self.canvas
     }
 
     /// Original `(height, width)` of a cached image.

@@ -1,17 +1,50 @@
 //! Deterministic geometric variants of an (image, label) pair on the model's square canvas.
 //!
-//! A [`Variant`] rescales the longer side to `scale · S`, optionally mirrors, and places the result
-//! top-left on the `S × S` canvas (cropping the centre when it is larger). `Variant::IDENTITY` is
-//! exactly the device's test transform (`Resize::LongerSidePad(S)`), so cached training features
-//! and inference see the same geometry. Images are resized with the Triangle filter, labels with
+//! A [`Variant`] rescales the image to `scale · S` (the longer side, letterbox; both sides, squash:
+//! the model's [`Canvas`]), optionally mirrors, and places the result top-left on the `S × S`
+//! canvas (cropping the centre when it is larger). `Variant::IDENTITY` is exactly the device's test
+//! transform (`Resize::LongerSidePad(S)` or `Resize::Direct(S)`), so cached training features and
+//! inference see the same geometry. Images are resized with the Triangle filter, labels with
 //! nearest neighbour; the canvas is padded with the mean colour (0 after normalisation) and the label
 //! with 255 (ignore).
 
 use image::imageops::{self, FilterType};
 use image::{GrayImage, RgbImage};
+use mce_core::config::InputResize;
 use mce_core::preprocess::Mask;
-use mce_core::BackboneKind;
+use mce_core::preprocess::Resize;
+use mce_core::{BackboneKind, MceConfig};
 use serde::{Deserialize, Serialize};
+
+/// The model's square input: its side and how images are fitted to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Canvas {
+    pub size: usize,
+    pub fit: InputResize,
+}
+
+impl Canvas {
+    /// The canvas a model with config `cfg` reads.
+    pub fn of(cfg: &MceConfig) -> Self {
+        Canvas {
+            size: cfg.image_size,
+            fit: cfg.resize,
+        }
+    }
+
+    /// Longer side to `size`, padded.
+    pub fn letterbox(size: usize) -> Self {
+        Canvas {
+            size,
+            fit: InputResize::Letterbox,
+        }
+    }
+
+    /// The same geometry as a pre-processing of `mce_core` (the test transform).
+    pub fn resize(self) -> Resize {
+        self.fit.at(self.size)
+    }
+}
 
 /// A scale of the longer side (relative to the canvas) and a horizontal flip.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -52,9 +85,13 @@ fn scaled_hw(h: usize, w: usize, long: usize) -> (usize, usize) {
 }
 
 /// Apply `v` to an image and its label (same size), returning both at most `size × size`.
-pub fn apply(img: &RgbImage, label: &Mask, v: Variant, size: usize) -> (RgbImage, Mask) {
+pub fn apply(img: &RgbImage, label: &Mask, v: Variant, canvas: Canvas) -> (RgbImage, Mask) {
+    let size = canvas.size;
     let long = ((size as f32 * v.scale).round() as usize).max(1);
-    let (h, w) = scaled_hw(img.height() as usize, img.width() as usize, long);
+    let (h, w) = match canvas.fit {
+        InputResize::Letterbox => scaled_hw(img.height() as usize, img.width() as usize, long),
+        InputResize::Squash => (long, long),
+    };
     let mut image = if (h, w) == (img.height() as usize, img.width() as usize) {
         img.clone()
     } else {
@@ -108,7 +145,7 @@ mod tests {
     use super::*;
     use candle_core::Device;
     use image::Rgb;
-    use mce_core::preprocess::{prepare_image, Resize};
+    use mce_core::preprocess::prepare_image;
 
     fn fixture() -> (RgbImage, Mask) {
         let img = RgbImage::from_fn(30, 20, |x, y| Rgb([(x * 8) as u8, (y * 12) as u8, 77]));
@@ -124,7 +161,7 @@ mod tests {
     #[test]
     fn identity_variant_is_the_device_test_transform() {
         let (img, mask) = fixture();
-        let (placed, _) = apply(&img, &mask, Variant::IDENTITY, 24);
+        let (placed, _) = apply(&img, &mask, Variant::IDENTITY, Canvas::letterbox(24));
         let ours = image_canvas(&placed, BackboneKind::EfficientnetLite0, 24);
         let prep = prepare_image(
             &img,
@@ -138,6 +175,34 @@ mod tests {
     }
 
     #[test]
+    fn squash_identity_is_the_direct_resize() {
+        let (img, mask) = fixture();
+        let canvas = Canvas {
+            size: 24,
+            fit: InputResize::Squash,
+        };
+        let (placed, lab) = apply(&img, &mask, Variant::IDENTITY, canvas);
+        assert_eq!(
+            (placed.width(), placed.height(), lab.width, lab.height),
+            (24, 24, 24, 24)
+        );
+        let ours = image_canvas(&placed, BackboneKind::EfficientnetLite0, 24);
+        let prep = prepare_image(
+            &img,
+            canvas.resize(),
+            BackboneKind::EfficientnetLite0,
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(canvas.resize(), Resize::Direct(24));
+        let theirs = prep.tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(ours, theirs);
+        // the 10 foreground columns of 30 become 8 of 24 on every row
+        let fg = lab.data.iter().filter(|&&v| v == 1).count();
+        assert_eq!(fg, 8 * 24);
+    }
+
+    #[test]
     fn flip_mirrors_image_and_label_and_scale_crops_centre() {
         let (img, mask) = fixture();
         let (f, m) = apply(
@@ -147,7 +212,7 @@ mod tests {
                 scale: 1.0,
                 flip: true,
             },
-            30,
+            Canvas::letterbox(30),
         );
         assert_eq!((f.width(), f.height(), m.width, m.height), (30, 20, 30, 20));
         assert_eq!(f.get_pixel(0, 5), img.get_pixel(29, 5));
@@ -160,7 +225,7 @@ mod tests {
                 scale: 2.0,
                 flip: false,
             },
-            30,
+            Canvas::letterbox(30),
         );
         assert_eq!(
             (big.width(), big.height(), bm.width, bm.height),
@@ -174,7 +239,7 @@ mod tests {
                     scale: 0.5,
                     flip: false,
                 },
-                30,
+                Canvas::letterbox(30),
             )
             .1,
             30,

@@ -113,7 +113,14 @@ fn config(size: usize) -> MceConfig {
 fn store_for(ds: &Folders, lists: &[Vec<Episode>], size: usize) -> FeatureStore {
     let dev = Device::Cpu;
     let backbone = load_backbone(&config(size), &lite0_weights_path(), &dev).unwrap();
-    build_store(ds, lists, &backbone, size, &dev).unwrap()
+    build_store(
+        ds,
+        lists,
+        &backbone,
+        mce_train::transform::Canvas::letterbox(size),
+        &dev,
+    )
+    .unwrap()
 }
 
 fn untrained_head(size: usize) -> Mce {

@@ -83,7 +83,7 @@ fn online_batches_are_augmented_and_reproducible() {
         &ds,
         &refs,
         &backbone,
-        SIZE,
+        mce_train::transform::Canvas::letterbox(SIZE),
         &[Variant::IDENTITY],
         &Device::Cpu,
     )

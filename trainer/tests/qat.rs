@@ -90,8 +90,15 @@ fn episode_batch(ds: &Folders, backbone: &AnyBackbone, seed: u64) -> Batch {
         .iter()
         .flat_map(|e| std::iter::once(e.query).chain(e.supports.iter().copied()))
         .collect();
-    let store =
-        FeatureStore::build(ds, &refs, backbone, 64, &[Variant::IDENTITY], &Device::Cpu).unwrap();
+    let store = FeatureStore::build(
+        ds,
+        &refs,
+        backbone,
+        mce_train::transform::Canvas::letterbox(64),
+        &[Variant::IDENTITY],
+        &Device::Cpu,
+    )
+    .unwrap();
     batch::assemble(&store, &episodes, || 0, &Device::Cpu).unwrap()
 }
 

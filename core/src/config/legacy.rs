@@ -14,8 +14,8 @@
 //! that names the flags.
 
 use super::{
-    Attention, Branches, DecoderConfig, HeadConfig, MatchingConfig, MceConfig, PaperAblation,
-    PaperConfig, SimilarityReduce,
+    Attention, Branches, DecoderConfig, HeadConfig, InputResize, MatchingConfig, MceConfig,
+    PaperAblation, PaperConfig, SimilarityReduce,
 };
 use crate::backbone::BackboneKind;
 use serde::{Deserialize, Deserializer};
@@ -26,6 +26,8 @@ use serde::{Deserialize, Deserializer};
 struct Current {
     backbone: BackboneKind,
     image_size: usize,
+    #[serde(default)]
+    resize: InputResize,
     head: HeadConfig,
 }
 
@@ -126,6 +128,7 @@ impl TryFrom<FlagConfig> for MceConfig {
         Ok(MceConfig {
             backbone: f.backbone,
             image_size: f.image_size,
+            resize: InputResize::Letterbox,
             head,
         })
     }
@@ -142,6 +145,7 @@ pub(super) fn deserialize_any_version<'de, D: Deserializer<'de>>(
         return Ok(MceConfig {
             backbone: c.backbone,
             image_size: c.image_size,
+            resize: c.resize,
             head: c.head,
         });
     }
@@ -175,6 +179,30 @@ mod tests {
         let no_cross = OLD_EDGE.replace(r#""use_cross":true"#, r#""use_cross":false"#);
         let c: MceConfig = serde_json::from_str(&no_cross).unwrap();
         assert_eq!(c.paper().unwrap().ablation, PaperAblation::WithoutCrossMap);
+    }
+
+    #[test]
+    fn the_input_resize_round_trips_and_defaults_to_letterbox() {
+        let squash = MceConfig {
+            resize: InputResize::Squash,
+            ..MceConfig::edge_lite0()
+        };
+        let text = serde_json::to_string(&squash).unwrap();
+        assert!(text.contains(r#""resize":"squash""#), "{text}");
+        assert_eq!(serde_json::from_str::<MceConfig>(&text).unwrap(), squash);
+        // a current-layout config written before the field existed
+        let old = text.replace(r#""resize":"squash","#, "");
+        assert!(!old.contains("resize"));
+        let c: MceConfig = serde_json::from_str(&old).unwrap();
+        assert_eq!(c.resize, InputResize::Letterbox);
+        assert_eq!(
+            c.input_resize(),
+            crate::preprocess::Resize::LongerSidePad(320)
+        );
+        assert_eq!(
+            squash.input_resize(),
+            crate::preprocess::Resize::Direct(320)
+        );
     }
 
     #[test]

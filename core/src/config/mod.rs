@@ -231,6 +231,28 @@ impl HeadConfig {
     }
 }
 
+/// How an image becomes the model's square input; the model was trained on inputs made this way,
+/// so training, evaluation and the device all follow it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputResize {
+    /// Longer side to `S`, aspect kept, padded ([`crate::preprocess::Resize::LongerSidePad`]).
+    #[default]
+    Letterbox,
+    /// Stretched to `S × S` ([`crate::preprocess::Resize::Direct`]).
+    Squash,
+}
+
+impl InputResize {
+    /// The pre-processing of an `size × size` input.
+    pub fn at(self, size: usize) -> crate::preprocess::Resize {
+        match self {
+            InputResize::Letterbox => crate::preprocess::Resize::LongerSidePad(size),
+            InputResize::Squash => crate::preprocess::Resize::Direct(size),
+        }
+    }
+}
+
 /// The model's configuration. Serialised into every checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MceConfig {
@@ -238,6 +260,8 @@ pub struct MceConfig {
     pub backbone: BackboneKind,
     /// Square input size in pixels (473 for the paper).
     pub image_size: usize,
+    /// How images are brought to `image_size` (checkpoints without it: letterbox).
+    pub resize: InputResize,
     pub head: HeadConfig,
 }
 
@@ -254,6 +278,7 @@ impl MceConfig {
         Self {
             backbone: BackboneKind::Resnet50,
             image_size: 473,
+            resize: InputResize::Letterbox,
             head: HeadConfig::Paper(PaperConfig {
                 reduce_dim: 256,
                 d_model: 256,
@@ -278,6 +303,7 @@ impl MceConfig {
         Self {
             backbone: BackboneKind::EfficientnetLite0,
             image_size: 320,
+            resize: InputResize::Letterbox,
             head: HeadConfig::Paper(PaperConfig {
                 reduce_dim: 128,
                 d_model: 128,
@@ -383,6 +409,11 @@ impl MceConfig {
     pub fn level_grid(&self, level: usize) -> usize {
         self.backbone
             .grid(self.image_size, self.backbone.strides()[level - 2])
+    }
+
+    /// The pre-processing of this model's input.
+    pub fn input_resize(&self) -> crate::preprocess::Resize {
+        self.resize.at(self.image_size)
     }
 
     /// Channels of the decoder input.

@@ -5,6 +5,7 @@
 //!                     --seeds 0,1,2,3,4 [--val-episodes 300] [--json out.json]
 //! ```
 
+use crate::transform::Canvas;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -67,7 +68,7 @@ pub fn run(a: &BaselinesArgs) -> anyhow::Result<ExitCode> {
     let device = compute_device()?;
     let backbone = load_backbone(&config, &weights, &device)?;
     let start = Instant::now();
-    let store = build_baseline_store(ds.as_ref(), &backbone, config.image_size, &opts, &device)?;
+    let store = build_baseline_store(ds.as_ref(), &backbone, Canvas::of(&config), &opts, &device)?;
     let feature_seconds = start.elapsed().as_secs_f64();
     let name = match config.backbone {
         BackboneKind::EfficientnetLite0 => "efficientnet_lite0",

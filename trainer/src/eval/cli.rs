@@ -12,8 +12,9 @@ use anyhow::Context;
 use candle_core::Device;
 use serde::Serialize;
 
-use super::{evaluate_checkpoint, EvalOptions};
+use super::{evaluate_checkpoint_with, EvalOptions};
 use crate::data::{DatasetArgs, FewShotDataset};
+use mce_core::config::InputResize;
 
 /// Dataset, fold and episode arguments shared by `eval` and `baselines`.
 #[derive(Debug, Clone, clap::Args)]
@@ -66,6 +67,27 @@ pub struct EvalArgs {
     pub checkpoint: PathBuf,
     #[command(flatten)]
     pub episodes: EpisodeArgs,
+    /// Fit the images to the canvas this way instead of the model's own (an ablation).
+    #[arg(long, value_enum)]
+    pub resize: Option<ResizeArg>,
+}
+
+/// `--resize` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResizeArg {
+    /// Longer side to the input size, aspect kept, padded.
+    Letterbox,
+    /// Stretched to the square input.
+    Squash,
+}
+
+impl From<ResizeArg> for InputResize {
+    fn from(r: ResizeArg) -> Self {
+        match r {
+            ResizeArg::Letterbox => InputResize::Letterbox,
+            ResizeArg::Squash => InputResize::Squash,
+        }
+    }
 }
 
 /// Write `value` as pretty JSON to `path`.
@@ -84,7 +106,8 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<ExitCode> {
     let ds = a.episodes.open()?;
     let opts = a.episodes.options(ds.as_ref());
     let device = compute_device()?;
-    let report = evaluate_checkpoint(ds.as_ref(), &a.checkpoint, &opts, &device)?;
+    let fit = a.resize.map(InputResize::from);
+    let report = evaluate_checkpoint_with(ds.as_ref(), &a.checkpoint, &opts, fit, &device)?;
     print!("{report}");
     if let Some(path) = &a.episodes.json {
         write_json(path, &report)?;

@@ -2,6 +2,7 @@
 
 use super::{train, TrainConfig};
 use crate::data::DatasetArgs;
+use crate::eval::cli::ResizeArg;
 use crate::optim::SgdConfig;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -59,6 +60,10 @@ pub struct TrainArgs {
     /// Override the preset's input size.
     #[arg(long)]
     pub image_size: Option<usize>,
+    /// How images are fitted to the square input, in training and wherever the model runs later
+    /// (saved in the checkpoint's config).
+    #[arg(long, value_enum, default_value_t = ResizeArg::Letterbox)]
+    pub resize: ResizeArg,
     /// The head: `paper` (the paper's MCE head) or `matching` (class-agnostic: the decoder sees
     /// only the similarity map and the nearest-neighbour priors, and starts as that rule).
     #[arg(long, value_enum, default_value_t = HeadArg::Paper)]
@@ -179,6 +184,7 @@ impl TrainArgs {
         if let Some(s) = self.image_size {
             model.image_size = s;
         }
+        model.resize = self.resize.into();
         model.validate()?;
         if self.shots.is_empty() || self.shots.contains(&0) {
             bail!("--shots needs values ≥ 1");

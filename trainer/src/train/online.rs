@@ -14,7 +14,7 @@
 use super::batch::Batch;
 use crate::augment::{augment, AugmentConfig};
 use crate::data::{Episode, FewShotDataset, SampleRef};
-use crate::transform::{self, Variant};
+use crate::transform::{self, Canvas, Variant};
 use crate::Result;
 use candle_core::{DType, Device, Tensor};
 use mce_core::backbone::Backbone;
@@ -29,7 +29,7 @@ pub struct OnlineBatches<'a> {
 }
 
 /// One augmented image on the canvas and its episode label.
-struct Canvas {
+struct Placed {
     image: Vec<f32>,
     label: Vec<u8>,
 }
@@ -50,17 +50,18 @@ impl<'a> OnlineBatches<'a> {
         self
     }
 
-    fn canvas(&self, r: SampleRef, rng: &mut impl RngCore) -> Result<Canvas> {
+    fn canvas(&self, r: SampleRef, rng: &mut impl RngCore) -> Result<Placed> {
         let s = self.aug.crop;
         let sample = self.ds.sample(r)?;
         let (img, label) = transform::apply(
             &sample.load_image()?,
             &sample.load_mask()?,
             Variant::IDENTITY,
-            s,
+            // PFENet's augmentation starts from the letterboxed image, whatever the model's fit.
+            Canvas::letterbox(s),
         );
         let (img, label) = augment(&img, &label, &self.aug, rng);
-        Ok(Canvas {
+        Ok(Placed {
             image: transform::image_canvas(&img, self.backbone.kind(), s),
             label: transform::label_canvas(&label, s),
         })

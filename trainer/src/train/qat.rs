@@ -15,7 +15,7 @@ use super::{batch, TrainConfig};
 use crate::data::{ClassPool, Episode, EpisodeSampler, FewShotDataset};
 use crate::features::{progress, FeatureStore};
 use crate::optim::{warmup_poly_lr, Sgd};
-use crate::transform::Variant;
+use crate::transform::{Canvas, Variant};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
@@ -214,8 +214,8 @@ pub fn qat(
         cfg.folds
     );
     let variants = Variant::grid(&cfg.scales, cfg.flips);
-    let size = model.file.config.image_size;
-    let store = FeatureStore::build(ds, &refs, &model.backbone, size, &variants, device)?;
+    let canvas = Canvas::of(&model.file.config);
+    let store = FeatureStore::build(ds, &refs, &model.backbone, canvas, &variants, device)?;
     let mut opt = Sgd::from_varmap(&model.varmap, cfg.sgd);
     let bar = progress(cfg.steps as u64, "qat");
     let mut last_loss = f32::NAN;

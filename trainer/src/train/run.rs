@@ -13,7 +13,7 @@ use super::{TrainConfig, TrainSummary};
 use crate::data::{Episode, FewShotDataset, SampleRef};
 use crate::features::{progress, FeatureStore};
 use crate::optim::{warmup_poly_lr, Sgd};
-use crate::transform::Variant;
+use crate::transform::{Canvas, Variant};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarMap};
@@ -68,8 +68,14 @@ impl<'a> TrainData<'a> {
             Some(_) => crate::eval::episode_refs([val_episodes.as_slice()]),
             None => refs,
         };
-        let store =
-            FeatureStore::build(ds, &refs, backbone, cfg.model.image_size, &variants, device)?;
+        let store = FeatureStore::build(
+            ds,
+            &refs,
+            backbone,
+            Canvas::of(&cfg.model),
+            &variants,
+            device,
+        )?;
         Ok(TrainData {
             split,
             val_episodes,
