@@ -27,6 +27,7 @@ pub mod backbone;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod image_file;
 pub mod inference;
 pub mod metrics;
 pub mod model;

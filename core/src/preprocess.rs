@@ -41,9 +41,24 @@ fn decode(path: &Path, max_pixels: u64) -> crate::Result<DynamicImage> {
         path: path.to_path_buf(),
         reason,
     };
-    let mut reader = ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
+    // Read whole (bounded), so that a truncated file can be refused before decoding.
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    let max_file = max_pixels.saturating_mul(8).max(1 << 20);
+    if len > max_file {
+        return Err(image_err(format!(
+            "the file has {len} bytes, more than the {max_file} an image within the limit of \
+             {max_pixels} pixels needs"
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes.as_slice()))
+        .with_guessed_format()
         .map_err(|e| Error::io(path, e))?;
+    if let Some(format) = reader.format() {
+        crate::image_file::check_complete(&bytes, format).map_err(image_err)?;
+    }
     let mut limits = Limits::default();
     // 8 bytes per pixel covers 16-bit RGBA, the widest of the enabled formats.
     limits.max_alloc = Some(max_pixels.saturating_mul(8).max(1 << 20));

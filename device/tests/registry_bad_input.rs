@@ -96,6 +96,14 @@ impl Inputs {
         write("empty.png", b"");
         let photo = std::fs::read(asset("8_10_s.png")).unwrap();
         write("truncated.png", &photo[..1000]);
+        write("half.png", &photo[..photo.len() / 2]);
+        let jpg = dir.join("full.jpg");
+        image::open(asset("8_10_s.png"))
+            .unwrap()
+            .save(&jpg)
+            .unwrap();
+        let jpeg = std::fs::read(&jpg).unwrap();
+        write("half.jpg", &jpeg[..jpeg.len() / 2]);
         write("text.png", b"this is a text file, not an image\n");
         write("bomb.png", &bomb_png());
         GrayImage::from_pixel(100, 100, Luma([255]))
@@ -160,6 +168,9 @@ fn cases(inp: &Inputs) -> Vec<Case> {
         case("image missing", register("x", &[(&p("nope.png"), &gt)], &mc), 1, &["nope.png", "No such file"]),
         case("image empty", register("x", &[(&p("empty.png"), &gt)], &mc), 1, &["empty.png", "cannot decode"]),
         case("image truncated", register("x", &[(&p("truncated.png"), &gt)], &mc), 1, &["truncated.png", "cannot decode"]),
+        case("JPEG cut in half", register("x", &[(&p("half.jpg"), &gt)], &mc), 1, &["half.jpg", "truncated JPEG"]),
+        case("PNG cut in half", register("x", &[(&p("half.png"), &gt)], &mc), 1, &["half.png", "truncated PNG"]),
+        case("name begins with _", register("_x", &[(&img, &gt)], &mc), 1, &["_x", "begin with a letter or a digit"]),
         case("text named .png", register("x", &[(&p("text.png"), &gt)], &mc), 1, &["text.png", "cannot decode"]),
         case("image header bomb", register("x", &[(&p("bomb.png"), &gt)], &mc), 1, &["bomb.png", "100000x100000", "limit"]),
         case("mask header bomb", register("x", &[(&img, &p("bomb.png"))], &[]), 1, &["bomb.png", "100000x100000", "limit"]),

@@ -1,6 +1,8 @@
 //! The registry's subcommands: `register`, `list`, `show`, `remove`.
 
-use super::validate::{check_class_name, prepare_input, DEFAULT_MAX_PIXELS};
+use super::validate::{
+    check_class_name, check_existing_class_name, prepare_input, DEFAULT_MAX_PIXELS,
+};
 use super::{ExemplarInput, PreparedInput, RegisterOptions, Registry, RegistryError};
 use crate::model::ModelArgs;
 use anyhow::Result;
@@ -178,7 +180,7 @@ pub fn run_list(a: &ListArgs) -> Result<()> {
 }
 
 pub fn run_show(a: &ShowArgs) -> Result<()> {
-    check_class_name(&a.class)?;
+    check_existing_class_name(&a.class)?;
     let registry = open(&a.registry.path())?;
     let class = registry.class(&a.class)?;
     let rows: Vec<_> = class
@@ -245,7 +247,7 @@ pub fn run_show(a: &ShowArgs) -> Result<()> {
 }
 
 pub fn run_remove(a: &RemoveArgs) -> Result<()> {
-    check_class_name(&a.class)?;
+    check_existing_class_name(&a.class)?;
     let mut registry = open(&a.registry.path())?;
     match a.exemplar {
         None => {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// A class name outside `[a-z0-9_-]{1,64}`.
-    #[error("invalid class name {name:?}: {reason} (allowed: 1 to 64 of a-z, 0-9, '_', '-')")]
+    #[error("invalid class name {name:?}: {reason} (allowed: 1 to 64 of a-z, 0-9, '_', '-', the first a letter or a digit)")]
     InvalidClassName { name: String, reason: String },
 
     /// `register` without any exemplar.

@@ -15,7 +15,7 @@
 
 use super::error::RegistryError;
 use super::store;
-use super::validate::check_class_name;
+use super::validate::check_existing_class_name;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -176,7 +176,7 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, RegistryError> {
 fn check(index: &Index) -> Result<(), String> {
     let mut ids = BTreeSet::new();
     for (class, entry) in &index.classes {
-        check_class_name(class).map_err(|e| e.to_string())?;
+        check_existing_class_name(class).map_err(|e| e.to_string())?;
         for e in &entry.exemplars {
             if e.id == 0 || e.id >= index.next_id || !ids.insert(e.id) {
                 return Err(format!(

@@ -41,8 +41,8 @@ pub use error::RegistryError;
 pub use index::{ClassEntry, ExemplarEntry, FileRecord, Index, SCHEMA_VERSION};
 pub use recover::Quarantined;
 pub use validate::{
-    check_class_name, prepare_input, ExemplarInput, PreparedInput, RegisterOptions,
-    DEFAULT_MAX_PIXELS, MIN_FOREGROUND_FRACTION, MIN_FOREGROUND_PIXELS,
+    check_class_name, check_existing_class_name, prepare_input, ExemplarInput, PreparedInput,
+    RegisterOptions, DEFAULT_MAX_PIXELS, MIN_FOREGROUND_FRACTION, MIN_FOREGROUND_PIXELS,
 };
 
 use features::{CacheMeta, CacheRead};
@@ -152,7 +152,7 @@ impl Registry {
 
     /// One class's entry; [`RegistryError::UnknownClass`] (or an invalid name) otherwise.
     pub fn class(&self, class: &str) -> Result<&ClassEntry> {
-        check_class_name(class)?;
+        check_existing_class_name(class)?;
         self.index
             .classes
             .get(class)

@@ -7,7 +7,7 @@ use super::features::{self, CacheMeta};
 use super::index::{self, ClassEntry, ExemplarEntry, FileRecord, Loaded};
 use super::recover::unix_now;
 use super::store::{self, DirLock};
-use super::validate::{self, check_class_name, prepare_input};
+use super::validate::{self, check_class_name, check_existing_class_name, prepare_input};
 use super::{ClassSummary, ExemplarInput, PreparedInput, RegisterOptions, Registry};
 use indicatif::ProgressBar;
 use mce_core::inference::Segmenter;
@@ -118,7 +118,7 @@ impl Registry {
 
     /// Remove a class with all its exemplars and caches.
     pub fn remove_class(&mut self, class: &str) -> Result<()> {
-        check_class_name(class)?;
+        check_existing_class_name(class)?;
         let _lock = self.lock_and_reload()?;
         let mut index = self.index.clone();
         if index.classes.remove(class).is_none() {
@@ -140,7 +140,7 @@ impl Registry {
     /// Remove one exemplar (0-based, in registration order, as `show` lists them). Removing the
     /// last exemplar removes the class.
     pub fn remove_exemplar(&mut self, class: &str, index: usize) -> Result<()> {
-        check_class_name(class)?;
+        check_existing_class_name(class)?;
         let _lock = self.lock_and_reload()?;
         let mut new = self.index.clone();
         let entry = new

@@ -63,9 +63,24 @@ pub struct PreparedInput {
     pub mask_sha256: String,
 }
 
-/// Check a class name: 1 to 64 characters of `a-z`, `0-9`, `_`, `-` (no paths, no dots, no
-/// upper case, no other scripts).
+/// Check the name of a class to register: 1 to 64 characters of `a-z`, `0-9`, `_`, `-` (no paths,
+/// no dots, no upper case, no other scripts), beginning with a letter or a digit (so that no name
+/// reads as a command-line option, like `-rf` or `--help`).
 pub fn check_class_name(name: &str) -> Result<(), RegistryError> {
+    check_existing_class_name(name)?;
+    match name.chars().next() {
+        Some('a'..='z' | '0'..='9') => Ok(()),
+        _ => Err(RegistryError::InvalidClassName {
+            name: name.to_string(),
+            reason: "it must begin with a letter or a digit".to_string(),
+        }),
+    }
+}
+
+/// Check the name of a class that may already be registered: [`check_class_name`]'s characters,
+/// any first character (older versions accepted `-` and `_` first; such classes can still be
+/// shown and removed).
+pub fn check_existing_class_name(name: &str) -> Result<(), RegistryError> {
     let reason = if name.is_empty() {
         "it is empty".to_string()
     } else if name.chars().count() > MAX_CLASS_NAME_LEN {
@@ -237,4 +252,33 @@ where
     img.write_to(&mut out, ImageFormat::Png)
         .map_err(|e| RegistryError::input(source, format!("cannot encode as PNG: {e}")))?;
     Ok(out.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_class_names_begin_with_a_letter_or_digit() {
+        for ok in ["bicycle", "9lives", "a-b_c", "x"] {
+            check_class_name(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in ["-rf", "--help", "_x", "-"] {
+            let e = check_class_name(bad).unwrap_err().to_string();
+            assert!(e.contains("begin with a letter or a digit"), "{bad}: {e}");
+        }
+        for bad in ["", "../x", "Bike", "a.b", "a b"] {
+            assert!(check_class_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn classes_registered_before_the_first_character_rule_stay_reachable() {
+        for old in ["-rf", "--help", "_x"] {
+            check_existing_class_name(old).unwrap_or_else(|e| panic!("{old}: {e}"));
+        }
+        for bad in ["", "../x", "a/b", "Bike"] {
+            assert!(check_existing_class_name(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -130,6 +130,8 @@ pub fn decode_mjpeg(data: &[u8]) -> Result<RgbImage, String> {
             data.len()
         ));
     }
+    mce_core::image_file::check_complete(data, ImageFormat::Jpeg)
+        .map_err(|e| format!("MJPEG frame of {} bytes: {e}", data.len()))?;
     let fixed = with_standard_huffman_tables(data);
     image::load_from_memory_with_format(fixed.as_deref().unwrap_or(data), ImageFormat::Jpeg)
         .map(|img| img.to_rgb8())
@@ -257,5 +259,7 @@ mod tests {
         assert_eq!(written, ours);
         assert!(decode_mjpeg(b"not a jpeg").unwrap_err().contains("SOI"));
         assert!(decode_mjpeg(&jpeg[..jpeg.len() / 3]).is_err());
+        let half = decode_mjpeg(&jpeg[..jpeg.len() / 2]).unwrap_err();
+        assert!(half.contains("truncated"), "{half}");
     }
 }

@@ -194,6 +194,24 @@ mod tests {
     }
 
     #[test]
+    fn a_truncated_frame_is_corrupt() {
+        let tmp = dir();
+        let d = tmp.path();
+        let img = RgbImage::from_fn(64, 48, |x, y| Rgb([(x * 4) as u8, (y * 5) as u8, 90]));
+        img.save(d.join("whole.jpg")).unwrap();
+        let bytes = std::fs::read(d.join("whole.jpg")).unwrap();
+        std::fs::write(d.join("half.jpg"), &bytes[..bytes.len() / 2]).unwrap();
+        let mut s = ImageSequence::open(d, false, None).unwrap();
+        let e = s.next_frame().unwrap_err(); // half.jpg sorts first
+        assert_eq!(e.kind(), ErrorKind::Skip);
+        assert!(
+            e.to_string().contains("half.jpg") && e.to_string().contains("truncated"),
+            "{e}"
+        );
+        assert!(s.next_frame().unwrap().is_some(), "whole.jpg still plays");
+    }
+
+    #[test]
     fn open_errors_name_the_path() {
         let missing = std::env::temp_dir().join("mce-no-such-dir-xyz");
         let e = open(&missing, false, None).err().unwrap();
