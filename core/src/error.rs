@@ -28,6 +28,10 @@ pub enum Error {
     #[error("{path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
 
+    /// The model computed NaN or infinite logits (a corrupt checkpoint, or inputs out of range).
+    #[error("the model produced non-finite logits ({0}); its weights may be corrupt")]
+    NonFinite(String),
+
     /// A configuration value is invalid.
     #[error("invalid config: {0}")]
     Config(String),

@@ -293,8 +293,10 @@ impl Segmenter {
             .encode_query(&self.features(&prepared)?, Mode::Eval)?;
         classes
             .iter()
-            .map(|class| {
+            .enumerate()
+            .map(|(i, class)| {
                 let logits = self.head.decode(&query, &class.shots)?;
+                check_finite(&logits, i)?;
                 Ok(ClassMap {
                     width: prepared.orig_w,
                     height: prepared.orig_h,
@@ -302,6 +304,16 @@ impl Segmenter {
                 })
             })
             .collect()
+    }
+}
+
+/// [`Error::NonFinite`] unless every logit of class `index` is finite: `x − x` is 0 for finite
+/// values and NaN otherwise, so the sum is 0 exactly when all are finite.
+fn check_finite(logits: &Tensor, index: usize) -> Result<()> {
+    let sum = (logits - logits)?.sum_all()?.to_scalar::<f32>()?;
+    match sum == 0.0 {
+        true => Ok(()),
+        false => Err(Error::NonFinite(format!("class {index} of the frame"))),
     }
 }
 

@@ -149,3 +149,43 @@ fn mismatched_tensors_are_named() {
         "{e}"
     );
 }
+
+/// A structurally valid checkpoint with a NaN in one bias loads (the values are not checked at
+/// load), but segmenting with it is an error, not an empty mask.
+#[test]
+fn nan_weights_make_segmenting_an_error() {
+    use mce_core::inference::Segmenter;
+    use mce_core::preprocess::Mask;
+    let cfg = small();
+    let vm = VarMap::new();
+    Mce::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    let frame = image::RgbImage::from_fn(48, 40, |x, y| {
+        image::Rgb([(x * 5) as u8, (y * 6) as u8, 80])
+    });
+    let mask = Mask {
+        width: 48,
+        height: 40,
+        data: (0..48 * 40).map(|i| u8::from(i % 48 < 20)).collect(),
+    };
+    let segment = |vm: &VarMap, name: &str| {
+        let path = tmp(name);
+        checkpoint::save(&path, &cfg, vm, &backbone_tensors(), &BTreeMap::new()).unwrap();
+        let seg = Segmenter::from_checkpoint(&path, &Device::Cpu).unwrap();
+        let ex = seg.exemplar(&frame, &mask, &path).unwrap();
+        let class = seg.encode_class(&[ex]).unwrap();
+        seg.segment(&frame, &[&class]).map(|maps| maps.len())
+    };
+    assert_eq!(segment(&vm, "finite.safetensors").unwrap(), 1);
+    let bias = vm
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.ends_with("decoder.cls.bias"))
+        .map(|(_, v)| v.clone())
+        .expect("classifier bias");
+    bias.set(&Tensor::new(&[f32::NAN, 0.0], &Device::Cpu).unwrap())
+        .unwrap();
+    let e = segment(&vm, "nan.safetensors").unwrap_err().to_string();
+    assert!(e.contains("non-finite logits"), "{e}");
+}
