@@ -307,10 +307,10 @@ impl Segmenter {
     }
 }
 
-/// [`Error::NonFinite`] unless every logit of class `index` is finite: `x − x` is 0 for finite
+/// [`Error::NonFinite`] unless every logit of class `index` is finite: `0 · x` is 0 for finite
 /// values and NaN otherwise, so the sum is 0 exactly when all are finite.
 fn check_finite(logits: &Tensor, index: usize) -> Result<()> {
-    let sum = (logits - logits)?.sum_all()?.to_scalar::<f32>()?;
+    let sum = (logits * 0.0)?.sum_all()?.to_scalar::<f32>()?;
     match sum == 0.0 {
         true => Ok(()),
         false => Err(Error::NonFinite(format!("class {index} of the frame"))),
