@@ -198,3 +198,43 @@ fn a_corrupt_index_is_quarantined_with_its_data_and_reported() {
         assert_eq!(r.classes().len(), 1);
     }
 }
+
+/// A registry this process may not write is read without repairs: bad exemplars are left out (in
+/// memory) and left in place, nothing is written, and changes fail with a clear error. (Tests run
+/// as root, which may write anywhere, so the read-only open is called directly; `Registry::open`
+/// falls back to it when `.lock` cannot be opened for writing, EACCES or EROFS.)
+#[test]
+fn a_read_only_open_reads_and_repairs_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let seg = small_segmenter();
+    register_small(dir, &seg, "bicycle", 12, &["8_10_s", "8_11_s"]);
+    register_small(dir, &seg, "dog", 20, &["16_10_s"]);
+    let r = Registry::open(dir).unwrap();
+    let bad = r.class("bicycle").unwrap().exemplars[0].id;
+    drop(r);
+    let img = dir.join(format!("exemplars/bicycle/{bad:06}.png"));
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&img, &bytes).unwrap();
+    std::fs::remove_file(dir.join(".lock")).unwrap();
+    let before = files(dir);
+
+    let mut r = Registry::open_read_only(dir).unwrap();
+    assert!(r.is_read_only() && r.quarantined().is_empty());
+    let counts: Vec<_> = r
+        .classes()
+        .iter()
+        .map(|c| (c.name.clone(), c.exemplars))
+        .collect();
+    assert_eq!(counts, [("bicycle".to_string(), 1), ("dog".to_string(), 1)]);
+    assert_eq!(r.exemplars("dog", &seg).unwrap().len(), 1);
+    let e = r.remove_class("dog").unwrap_err().to_string();
+    assert!(e.contains("read-only") && e.contains(".lock"), "{e}");
+    assert_eq!(files(dir), before, "a read-only open changed files");
+
+    // The read-write open repairs as before.
+    let r = Registry::open(dir).unwrap();
+    assert!(!r.is_read_only());
+    assert_eq!(r.quarantined().len(), 1);
+}

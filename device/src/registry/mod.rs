@@ -60,6 +60,8 @@ pub struct Registry {
     layout: Layout,
     index: Index,
     quarantined: Vec<Quarantined>,
+    /// Opened without the write lock: nothing was repaired and changes fail.
+    read_only: bool,
 }
 
 /// A class and how many exemplars it has.
@@ -99,9 +101,16 @@ impl Registry {
     }
 
     /// Open (creating the folder if missing), verify and repair a registry; see the module docs.
+    /// A registry this process may not write (a read-only mount, another user's folder) opens as
+    /// [`Registry::open_read_only`] does, with a warning.
     pub fn open(dir: &Path) -> Result<Registry> {
         store::ensure_dir(dir)?;
-        let _lock = store::lock(dir)?;
+        let _lock = match store::lock(dir) {
+            Err(RegistryError::Io { error, .. }) if store::is_not_writable(&error) => {
+                return Self::open_read_only(dir);
+            }
+            other => other?,
+        };
         let layout = Layout {
             root: dir.to_path_buf(),
         };
@@ -120,7 +129,46 @@ impl Registry {
             layout,
             index,
             quarantined,
+            read_only: false,
         })
+    }
+
+    /// Open a registry for reading only: no lock, no repairs, nothing written. Exemplars whose
+    /// files do not match the index are left out and a corrupt index reads as empty, each with a
+    /// warning that the repair was skipped; feature caches that are missing are computed and not
+    /// stored. Registering or removing through this handle fails.
+    pub fn open_read_only(dir: &Path) -> Result<Registry> {
+        let layout = Layout {
+            root: dir.to_path_buf(),
+        };
+        let mut skipped = Vec::new();
+        let mut index = match index::load(&layout.index())? {
+            Loaded::Missing => Index::default(),
+            Loaded::Valid(i) => i,
+            Loaded::Corrupt(reason) => {
+                skipped.push(format!("{}: {reason}", layout.index().display()));
+                Index::default()
+            }
+        };
+        skipped.extend(recover::skip_bad_exemplars(&layout, &mut index)?);
+        tracing::warn!(
+            "registry {} is not writable by this process: opened read-only, repairs skipped",
+            dir.display()
+        );
+        for problem in &skipped {
+            tracing::warn!("registry: left in place (read-only): {problem}");
+        }
+        Ok(Registry {
+            layout,
+            index,
+            quarantined: Vec::new(),
+            read_only: true,
+        })
+    }
+
+    /// Whether this handle was opened read-only (see [`Registry::open_read_only`]).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// The registry folder.
@@ -233,7 +281,9 @@ impl Registry {
                 ),
             }
             let x = self.compute(class, e, segmenter)?;
-            if let Err(err) = features::write(&path, &x, &expect) {
+            if self.read_only {
+                // nothing is written to a read-only registry
+            } else if let Err(err) = features::write(&path, &x, &expect) {
                 tracing::warn!("cannot cache features: {err}");
             }
             stats.recomputed += 1;

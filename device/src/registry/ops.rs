@@ -197,6 +197,13 @@ impl Registry {
 
     /// Take the lock and re-read the index, which another process may have changed.
     fn lock_and_reload(&mut self) -> Result<DirLock> {
+        if self.read_only {
+            let why = std::io::Error::new(
+                std::io::ErrorKind::ReadOnlyFilesystem,
+                "the registry was opened read-only (not writable by this process)",
+            );
+            return Err(RegistryError::io(self.layout.root.join(".lock"), why));
+        }
         let lock = store::lock(&self.layout.root)?;
         self.index = match index::load(&self.layout.index())? {
             Loaded::Missing => index::Index::default(),

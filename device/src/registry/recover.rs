@@ -168,7 +168,32 @@ fn quarantine_exemplar(
 
 /// Check every exemplar's files; quarantine bad ones and commit the index without them.
 pub(crate) fn verify_exemplars(layout: &Layout, index: &mut Index) -> Result<Vec<Quarantined>> {
-    let mut moved = Vec::new();
+    let moved = take_bad_exemplars(layout, index)?
+        .iter()
+        .map(|(class, e, reason)| quarantine_exemplar(layout, class, e, reason))
+        .collect::<Result<Vec<_>>>()?;
+    if !moved.is_empty() {
+        index::save(&layout.index(), index)?;
+    }
+    Ok(moved)
+}
+
+/// A read-only registry: leave out (in memory only) the exemplars whose files do not match the
+/// index, moving nothing; the reasons, for the warning that repairs were skipped.
+pub(crate) fn skip_bad_exemplars(layout: &Layout, index: &mut Index) -> Result<Vec<String>> {
+    Ok(take_bad_exemplars(layout, index)?
+        .into_iter()
+        .map(|(class, e, reason)| format!("class `{class}`, exemplar {}: {reason}", e.id))
+        .collect())
+}
+
+/// Remove from `index` (in memory) every exemplar whose files do not match their records, and the
+/// classes left empty; each with its class and the reason.
+fn take_bad_exemplars(
+    layout: &Layout,
+    index: &mut Index,
+) -> Result<Vec<(String, ExemplarEntry, String)>> {
+    let mut bad = Vec::new();
     for (class, entry) in index.classes.iter_mut() {
         let mut checked = Vec::with_capacity(entry.exemplars.len());
         for e in std::mem::take(&mut entry.exemplars) {
@@ -189,14 +214,11 @@ pub(crate) fn verify_exemplars(layout: &Layout, index: &mut Index) -> Result<Vec
                     "; class `{class}` has no exemplar left and is removed"
                 ));
             }
-            moved.push(quarantine_exemplar(layout, class, &e, &reason)?);
+            bad.push((class.clone(), e, reason));
         }
     }
-    if !moved.is_empty() {
-        index.classes.retain(|_, c| !c.exemplars.is_empty());
-        index::save(&layout.index(), index)?;
-    }
-    Ok(moved)
+    index.classes.retain(|_, c| !c.exemplars.is_empty());
+    Ok(bad)
 }
 
 /// Delete what no committed index refers to; returns how many files and folders went.

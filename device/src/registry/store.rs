@@ -155,6 +155,14 @@ pub(crate) struct DirLock {
     _file: File,
 }
 
+/// Whether `e` says the file system or the file's owner does not let this process write.
+pub(crate) fn is_not_writable(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+    )
+}
+
 /// Take the exclusive lock of a registry folder, waiting for another process that holds it.
 pub(crate) fn lock(dir: &Path) -> Result<DirLock> {
     let path: PathBuf = dir.join(".lock");
@@ -167,4 +175,20 @@ pub(crate) fn lock(dir: &Path) -> Result<DirLock> {
         .map_err(|e| RegistryError::io(&path, e))?;
     file.lock().map_err(|e| RegistryError::io(&path, e))?;
     Ok(DirLock { _file: file })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permission_and_read_only_errors_mean_not_writable() {
+        use std::io::{Error, ErrorKind};
+        assert!(is_not_writable(&Error::from(ErrorKind::PermissionDenied)));
+        assert!(is_not_writable(&Error::from(ErrorKind::ReadOnlyFilesystem)));
+        assert!(is_not_writable(&Error::from_raw_os_error(30))); // EROFS
+        assert!(is_not_writable(&Error::from_raw_os_error(13))); // EACCES
+        assert!(!is_not_writable(&Error::from(ErrorKind::NotFound)));
+        assert!(!is_not_writable(&Error::from_raw_os_error(28))); // ENOSPC
+    }
 }
