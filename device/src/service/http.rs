@@ -9,9 +9,12 @@
 //! | `GET /stream.mjpg` | `multipart/x-mixed-replace` MJPEG stream of overlays |
 //! | `GET /results` | latest results JSON (503 before the first frame) |
 //!
-//! Unknown paths are 404 and other methods 405, both with a JSON error. Malformed requests are
+//! Every route but `/healthz` may need a bearer token, and requests for a `Host` that is not
+//! allowed are 403 ([`super::access`]). Unknown paths are 404 and other methods 405, both with a
+//! JSON error. Malformed requests are
 //! answered 400 by hyper before they reach a handler.
 
+use super::access::{guard, Access};
 use super::state::{Shared, SourceState};
 use super::worker::FrameOutput;
 use axum::body::Body;
@@ -36,8 +39,8 @@ pub struct AppState {
     pub latest: watch::Receiver<Option<Arc<FrameOutput>>>,
 }
 
-/// The service's routes.
-pub fn router(state: AppState) -> Router {
+/// The service's routes, behind the access rules ([`Access`]: Host check, token).
+pub fn router(state: AppState, access: Arc<Access>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -48,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(access, guard))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

@@ -27,6 +27,7 @@
 //! [`capture`] and [`worker`]; [`serve`] and [`demo`] sit on top. No module imports one that
 //! imports it back.
 
+pub mod access;
 pub mod capture;
 pub mod classes;
 pub mod demo;

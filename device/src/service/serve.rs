@@ -5,6 +5,7 @@
 //! unknown `--classes` name fails here), bind the HTTP port, start the pipeline, `READY=1`.
 //! SIGHUP reloads the classes; SIGTERM / SIGINT finish the frame in flight and exit 0.
 
+use super::access::Access;
 use super::http::{self, AppState};
 use super::notify::Notifier;
 use super::pipeline::{Pipeline, PipelineOptions};
@@ -39,6 +40,14 @@ pub struct ServeArgs {
     /// Address of the HTTP API. Port 0 picks a free port; the bound address is printed on stdout.
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
     pub http: SocketAddr,
+    /// Also answer requests for this Host name (repeatable; `*`: any). Default: the loopback
+    /// names and the bound address, so that a web page cannot reach the camera by DNS rebinding.
+    #[arg(long, value_name = "NAME")]
+    pub allow_host: Vec<String>,
+    /// Require `Authorization: Bearer <token>` (or `?token=`) on every route but /healthz, the
+    /// token read from this file. Required when --http is not a loopback address.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
     /// Never drop frames: capture waits for inference (for file sources processed as a batch).
     #[arg(long)]
     pub lossless: bool,
@@ -51,12 +60,11 @@ pub struct ServeArgs {
 pub fn run(args: &ServeArgs) -> Result<()> {
     let spec = SourceSpec::parse(&args.source)?;
     let source = spec.open()?;
-    if !args.http.ip().is_loopback() {
-        tracing::warn!(
-            "the HTTP API binds {}, which is not loopback: anyone who can reach it sees the camera",
-            args.http
-        );
-    }
+    let access = Arc::new(Access::new(
+        args.http,
+        &args.allow_host,
+        args.token_file.as_deref(),
+    )?);
     let segmenter = args.model.load(&Device::Cpu)?;
     let trained = segmenter.trained;
     let classes = RegistryClasses {
@@ -75,7 +83,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .thread_name("mce-http")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(args.http, source, engine, options))?;
+    runtime.block_on(serve(args.http, access, source, engine, options))?;
     if !trained {
         crate::model::warn_untrained();
     }
@@ -84,6 +92,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
 
 async fn serve(
     addr: SocketAddr,
+    access: Arc<Access>,
     source: Box<dyn super::source::FrameSource>,
     engine: Engine,
     options: PipelineOptions,
@@ -106,7 +115,7 @@ async fn serve(
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(
-        axum::serve(listener, http::router(state))
+        axum::serve(listener, http::router(state, access))
             .with_graceful_shutdown(async move {
                 let _ = stop_rx.await;
             })

@@ -1,0 +1,80 @@
+//! Access to the HTTP API of a real `mce-device serve`: the Host check (DNS rebinding) and the
+//! bearer token, on the wire.
+
+mod serve_support;
+
+use serve_support::{bin, parse_response, Server};
+use std::process::Command;
+use std::time::Duration;
+
+const TOKEN: &str = "9f2c1e0b7a6d5c4b3a29180716253443";
+
+fn get(server: &Server, path: &str, host: &str, auth: Option<&str>) -> u16 {
+    let auth = auth.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let raw = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n");
+    parse_response(&server.raw(raw.as_bytes())).0
+}
+
+#[test]
+fn host_check_and_token_guard_every_route_but_healthz() {
+    let dir = serve_support::tmp();
+    let reg = dir.path().join("registry");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let server = Server::start(
+        &[
+            "--init",
+            "lite0",
+            "--registry",
+            reg.to_str().unwrap(),
+            "--source",
+            "v4l2:///dev/video9",
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--allow-host",
+            "cam.local",
+        ],
+        &[],
+    )
+    .unwrap();
+    server.wait_health(Duration::from_secs(30), |v| v["status"].is_string());
+    let local = server.addr.clone();
+    // /healthz needs no token; the others do (503: no frame yet, i.e. the route was reached).
+    assert_eq!(get(&server, "/healthz", &local, None), 200);
+    assert_eq!(get(&server, "/results", &local, None), 401);
+    assert_eq!(get(&server, "/classes", &local, Some("wrong-token")), 401);
+    assert_eq!(get(&server, "/results", &local, Some(TOKEN)), 503);
+    assert_eq!(get(&server, "/classes", &local, Some(TOKEN)), 200);
+    assert_eq!(
+        get(&server, &format!("/classes?token={TOKEN}"), &local, None),
+        200
+    );
+    // A rebinding page's Host is refused on every route, with or without the token.
+    for path in ["/healthz", "/classes", "/stream.mjpg"] {
+        assert_eq!(
+            get(&server, path, "attacker.example:8080", Some(TOKEN)),
+            403,
+            "{path}"
+        );
+    }
+    assert_eq!(get(&server, "/healthz", "localhost", None), 200);
+    assert_eq!(get(&server, "/classes", "cam.local:8080", Some(TOKEN)), 200);
+}
+
+#[test]
+fn a_non_loopback_address_needs_a_token() {
+    let dir = serve_support::tmp();
+    let o = Command::new(bin())
+        .args(["serve", "--init", "lite0", "--source", "v4l2:///dev/video9"])
+        .args(["--registry", dir.path().join("r").to_str().unwrap()])
+        .args(["--http", "0.0.0.0:0"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("not a loopback address") && stderr.contains("--token-file"),
+        "{stderr}"
+    );
+}
