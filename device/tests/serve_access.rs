@@ -78,3 +78,67 @@ fn a_non_loopback_address_needs_a_token() {
         "{stderr}"
     );
 }
+
+/// Read from `s` until the server closes it; how long that took (panics after `limit`).
+fn closed_within(mut s: std::net::TcpStream, limit: Duration) -> Duration {
+    use std::io::Read;
+    let start = std::time::Instant::now();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return start.elapsed(),
+            Ok(_) => {} // e.g. a 408 answer before the close
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return start.elapsed(),
+            Err(e) => panic!("still open after {:?}: {e}", start.elapsed()),
+        }
+    }
+}
+
+#[test]
+fn slow_and_idle_connections_time_out_and_connections_are_capped() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    let dir = serve_support::tmp();
+    let reg = dir.path().join("registry");
+    let server = Server::start(
+        &[
+            "--init",
+            "lite0",
+            "--registry",
+            reg.to_str().unwrap(),
+            "--source",
+            "v4l2:///dev/video9",
+            "--http-timeout",
+            "3",
+            "--max-connections",
+            "4",
+        ],
+        &[],
+    )
+    .unwrap();
+    server.wait_health(Duration::from_secs(30), |v| v["status"].is_string());
+    // A header sent byte by byte too slowly, and a connection that never sends anything.
+    let mut slow = TcpStream::connect(&server.addr).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: loc")
+        .unwrap();
+    let idle = TcpStream::connect(&server.addr).unwrap();
+    for s in [slow, idle] {
+        let t = closed_within(s, Duration::from_secs(10));
+        assert!(t < Duration::from_secs(8), "closed after {t:?}");
+    }
+    // Four idle connections fill the cap; a fifth is closed at once, long before the timeout.
+    let held: Vec<_> = (0..4)
+        .map(|_| TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let extra = TcpStream::connect(&server.addr).unwrap();
+    let t = closed_within(extra, Duration::from_secs(10));
+    assert!(
+        t < Duration::from_millis(1000),
+        "the fifth connection lived {t:?}"
+    );
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.get("/healthz").0, 200, "{}", server.log());
+}

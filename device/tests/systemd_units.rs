@@ -110,6 +110,11 @@ fn the_unit_has_the_required_directives() {
     );
     assert!(one("ExecStart").contains(" serve "));
     assert!(one("ExecReload").contains("-HUP"));
+    let nofile: u64 = one("LimitNOFILE").parse().expect("LimitNOFILE a number");
+    assert!(
+        nofile >= 4096,
+        "LimitNOFILE={nofile}: too few for camera, registry and clients"
+    );
     assert!(one("SupplementaryGroups").contains("video"));
     assert!(
         get("DeviceAllow")

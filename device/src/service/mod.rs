@@ -32,6 +32,7 @@ pub mod capture;
 pub mod classes;
 pub mod demo;
 pub mod http;
+pub mod http_server;
 pub mod metrics;
 pub mod notify;
 pub mod pipeline;

@@ -7,6 +7,7 @@
 
 use super::access::Access;
 use super::http::{self, AppState};
+use super::http_server::{self, HttpLimits};
 use super::notify::Notifier;
 use super::pipeline::{Pipeline, PipelineOptions};
 use super::registry_classes::RegistryClasses;
@@ -16,7 +17,6 @@ use crate::model::ModelArgs;
 use crate::registry::cli::RegistryDir;
 use anyhow::{Context, Result};
 use candle_core::Device;
-use std::future::IntoFuture;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,6 +48,12 @@ pub struct ServeArgs {
     /// token read from this file. Required when --http is not a loopback address.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<std::path::PathBuf>,
+    /// Seconds a client has to send a request head; idle keep-alive connections close after it.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub http_timeout: f64,
+    /// HTTP connections served at once; more are closed on arrival.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_connections: u32,
     /// Never drop frames: capture waits for inference (for file sources processed as a batch).
     #[arg(long)]
     pub lossless: bool,
@@ -83,16 +89,34 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .thread_name("mce-http")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(args.http, access, source, engine, options))?;
+    if !(args.http_timeout > 0.0 && args.http_timeout.is_finite()) {
+        anyhow::bail!("--http-timeout must be a positive number of seconds");
+    }
+    let limits = HttpLimits {
+        header_timeout: Duration::from_secs_f64(args.http_timeout),
+        max_connections: args.max_connections as usize,
+    };
+    let http = HttpSetup {
+        addr: args.http,
+        access,
+        limits,
+    };
+    runtime.block_on(serve(http, source, engine, options))?;
     if !trained {
         crate::model::warn_untrained();
     }
     Ok(())
 }
 
-async fn serve(
+/// Where and how the HTTP API is served.
+struct HttpSetup {
     addr: SocketAddr,
     access: Arc<Access>,
+    limits: HttpLimits,
+}
+
+async fn serve(
+    http: HttpSetup,
     source: Box<dyn super::source::FrameSource>,
     engine: Engine,
     options: PipelineOptions,
@@ -100,6 +124,7 @@ async fn serve(
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let addr = http.addr;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -113,14 +138,9 @@ async fn serve(
         shared: pipeline.shared().clone(),
         latest: pipeline.latest(),
     };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(
-        axum::serve(listener, http::router(state, access))
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .into_future(),
-    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let app = http::router(state, http.access);
+    let mut server = tokio::spawn(http_server::serve(listener, app, http.limits, stop_rx));
     println!("listening on http://{local}");
     let _ = std::io::stdout().flush();
     let source = pipeline.shared().source_status().description;
@@ -142,8 +162,7 @@ async fn serve(
             }
             r = &mut server => {
                 let reason = match r {
-                    Ok(Ok(())) => "stopped".to_string(),
-                    Ok(Err(e)) => e.to_string(),
+                    Ok(()) => "stopped".to_string(),
                     Err(e) => e.to_string(),
                 };
                 notifier.stopping();
@@ -157,10 +176,9 @@ async fn serve(
     let report = tokio::task::spawn_blocking(move || pipeline.shutdown())
         .await
         .context("joining the pipeline")?;
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!("HTTP server: {e}"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!("HTTP server task: {e}"),
         Err(_) => tracing::warn!("HTTP connections still open after 5 s; closing them"),
     }
