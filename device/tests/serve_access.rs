@@ -15,29 +15,38 @@ fn get(server: &Server, path: &str, host: &str, auth: Option<&str>) -> u16 {
     parse_response(&server.raw(raw.as_bytes())).0
 }
 
+/// `serve` on a camera that is not there (the server comes up at once) with `extra` arguments,
+/// waited for until `/healthz` answers.
+fn start(registry: &std::path::Path, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--init",
+        "lite0",
+        "--registry",
+        registry.to_str().unwrap(),
+        "--source",
+        "v4l2:///dev/video9",
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args, &[]).unwrap();
+    server.wait_health(Duration::from_secs(30), |v| v["status"].is_string());
+    server
+}
+
 #[test]
 fn host_check_and_token_guard_every_route_but_healthz() {
     let dir = serve_support::tmp();
     let reg = dir.path().join("registry");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let server = Server::start(
+    let server = start(
+        &reg,
         &[
-            "--init",
-            "lite0",
-            "--registry",
-            reg.to_str().unwrap(),
-            "--source",
-            "v4l2:///dev/video9",
             "--token-file",
             token_file.to_str().unwrap(),
             "--allow-host",
             "cam.local",
         ],
-        &[],
-    )
-    .unwrap();
-    server.wait_health(Duration::from_secs(30), |v| v["status"].is_string());
+    );
     let local = server.addr.clone();
     // /healthz needs no token; the others do (503: no frame yet, i.e. the route was reached).
     assert_eq!(get(&server, "/healthz", &local, None), 200);
@@ -101,23 +110,7 @@ fn slow_and_idle_connections_time_out_and_connections_are_capped() {
     use std::net::TcpStream;
     let dir = serve_support::tmp();
     let reg = dir.path().join("registry");
-    let server = Server::start(
-        &[
-            "--init",
-            "lite0",
-            "--registry",
-            reg.to_str().unwrap(),
-            "--source",
-            "v4l2:///dev/video9",
-            "--http-timeout",
-            "3",
-            "--max-connections",
-            "4",
-        ],
-        &[],
-    )
-    .unwrap();
-    server.wait_health(Duration::from_secs(30), |v| v["status"].is_string());
+    let server = start(&reg, &["--http-timeout", "3", "--max-connections", "4"]);
     // A header sent byte by byte too slowly, and a connection that never sends anything.
     let mut slow = TcpStream::connect(&server.addr).unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: loc")

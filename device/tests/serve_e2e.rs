@@ -286,7 +286,12 @@ fn serve_end_to_end() {
     viewer
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    write!(viewer, "GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(
+        viewer,
+        "GET /stream.mjpg HTTP/1.1\r\nHost: {}\r\n\r\n",
+        server.addr
+    )
+    .unwrap();
     let mut first = [0u8; 64];
     viewer.read_exact(&mut first).unwrap();
     assert!(first.starts_with(b"HTTP/1.1 200"));

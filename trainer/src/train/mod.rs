@@ -73,6 +73,19 @@ pub struct TrainConfig {
     pub init: InitScheme,
 }
 
+impl TrainConfig {
+    /// The learning rate of `step`: linear warm-up, then poly decay over the run.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        crate::optim::warmup_poly_lr(
+            self.sgd.lr,
+            step,
+            self.steps,
+            self.poly_power,
+            self.warmup_steps,
+        )
+    }
+}
+
 /// What a run reports at the end.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainSummary {

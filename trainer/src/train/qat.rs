@@ -14,7 +14,7 @@
 use super::{batch, TrainConfig};
 use crate::data::{ClassPool, Episode, EpisodeSampler, FewShotDataset};
 use crate::features::{progress, FeatureStore};
-use crate::optim::{warmup_poly_lr, Sgd};
+use crate::optim::Sgd;
 use crate::transform::{Canvas, Variant};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
@@ -229,13 +229,7 @@ pub fn qat(
             device,
         )?;
         let loss = model.loss(&b, seed ^ 2)?;
-        let lr = warmup_poly_lr(
-            cfg.sgd.lr,
-            step,
-            cfg.steps,
-            cfg.poly_power,
-            cfg.warmup_steps,
-        );
+        let lr = cfg.lr_at(step);
         opt.set_learning_rate(lr);
         opt.step(&loss.backward()?)?;
         last_loss = loss.to_scalar::<f32>()?;

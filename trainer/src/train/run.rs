@@ -12,7 +12,7 @@ use super::validate::{self, Split};
 use super::{TrainConfig, TrainSummary};
 use crate::data::{Episode, FewShotDataset, SampleRef};
 use crate::features::{progress, FeatureStore};
-use crate::optim::{warmup_poly_lr, Sgd};
+use crate::optim::Sgd;
 use crate::transform::{Canvas, Variant};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
@@ -193,13 +193,7 @@ fn train_step(
     };
     let logits = model.head.forward(&b.query, &b.shots, mode)?;
     let loss = cfg.loss.loss(&logits, &b.labels)?;
-    let lr = warmup_poly_lr(
-        cfg.sgd.lr,
-        step,
-        cfg.steps,
-        cfg.poly_power,
-        cfg.warmup_steps,
-    );
+    let lr = cfg.lr_at(step);
     model.opt.set_learning_rate(lr);
     model.opt.step(&loss.backward()?)?;
     Ok(StepOutcome {
