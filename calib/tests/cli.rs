@@ -500,3 +500,8 @@ fn latency_times_float_and_int8_files_and_names_a_missing_one() {
         &["missing.safetensors"],
     );
 }
+
+#[test]
+fn help_texts_are_plain() {
+    mce_testkit::assert_help_is_plain(env!("CARGO_BIN_EXE_mce-calib"));
+}

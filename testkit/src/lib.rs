@@ -62,3 +62,46 @@ pub fn tiny_edge_config(image_size: usize) -> mce_core::MceConfig {
     (p.reduce_dim, p.d_model, p.heads, p.decoder.dim) = (32, 32, 2, 32);
     cfg
 }
+
+/// Every help text of the command-line binary `bin`: `--help` of the binary and of each of its
+/// subcommands, as `(command, text)`.
+pub fn help_texts(bin: &str) -> Vec<(String, String)> {
+    let help = |args: &[&str]| {
+        let o = std::process::Command::new(bin)
+            .args(args)
+            .arg("--help")
+            .output()
+            .expect("run the binary");
+        assert!(o.status.success(), "{bin} {args:?} --help failed");
+        String::from_utf8(o.stdout).expect("utf-8 help")
+    };
+    let top = help(&[]);
+    let subcommands: Vec<String> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(!subcommands.is_empty(), "no subcommands in:\n{top}");
+    let mut out = vec![(String::new(), top)];
+    for c in subcommands {
+        let text = help(&[c.as_str()]);
+        out.push((c, text));
+    }
+    out
+}
+
+/// Panics when a help text of `bin` shows rustdoc syntax (intra-doc links, `[`Type`]`).
+pub fn assert_help_is_plain(bin: &str) {
+    for (command, text) in help_texts(bin) {
+        for (i, line) in text.lines().enumerate() {
+            assert!(
+                !line.contains("[`") && !line.contains("`]"),
+                "{bin} {command} --help, line {}: rustdoc syntax: {line}",
+                i + 1
+            );
+        }
+    }
+}

@@ -7,19 +7,20 @@ use serde::{Deserialize, Serialize};
 use super::{Coco20i, FewShotDataset, Folders, Fss1000, MsrcV2, Pascal5i, Protocol};
 use crate::Result;
 
-/// The supported formats.
+/// The supported formats (see [`Pascal5i`], [`Coco20i`], [`Fss1000`], [`Folders`], [`MsrcV2`]).
+/// The variants' docs are `--dataset`'s help, so they are plain text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DatasetKind {
-    /// PASCAL-5i ([`Pascal5i`]).
+    /// PASCAL-5i: VOC2012 with SBD labels, 4 folds of 5 classes
     Pascal,
-    /// COCO-20i ([`Coco20i`]).
+    /// COCO-20i: COCO 2014 instances, 4 folds of 20 classes
     Coco,
-    /// FSS-1000 ([`Fss1000`]).
+    /// FSS-1000: one folder per class, image + mask pairs
     Fss,
-    /// `<class>/images` + `<class>/masks` ([`Folders`]).
+    /// your own data: <class>/images and <class>/masks
     Folders,
-    /// MSRC-v2 ([`MsrcV2`]).
+    /// MSRC-v2: 591 images, 23 classes (horse in no fold), class-index label maps
     Msrc,
 }
 
