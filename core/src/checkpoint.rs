@@ -1,9 +1,11 @@
 //! Checkpoints: one safetensors file holding the head's weights, the frozen backbone's weights under
 //! `backbone.`, and in its metadata the format name, a format version and the [`MceConfig`] as JSON.
 //!
-//! Loading validates before it trusts: a truncated file, a file of another format version, or a file
-//! whose tensors do not match the model its config describes fails with an error that names the file
-//! and the first offending tensor. Saving is atomic (temporary file, fsync, rename).
+//! Loading validates before it trusts: a truncated file, a file of another format version, a file
+//! whose tensor bytes do not match the SHA-256 in its metadata (`tensors_sha256`, bit rot), or a
+//! file whose tensors do not match the model its config describes fails with an error that names
+//! the file and the first offending tensor. Files written before the checksum load with a warning.
+//! Saving is atomic (temporary file, fsync, rename).
 
 use crate::backbone::AnyBackbone;
 use crate::config::MceConfig;
@@ -22,6 +24,8 @@ pub const FORMAT: &str = "mce-checkpoint";
 pub const FORMAT_VERSION: u32 = 1;
 /// Prefix of the backbone's tensors inside a checkpoint.
 pub const BACKBONE_PREFIX: &str = "backbone.";
+/// Metadata key of the SHA-256 (hex) over the file's tensor data: every byte after the header.
+pub const CHECKSUM_KEY: &str = "tensors_sha256";
 
 /// A checkpoint read from disk: validated metadata and all tensors.
 pub struct CheckpointFile {
@@ -84,6 +88,65 @@ fn check_complete(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The tensor data of a safetensors file: everything after the 8-byte length and the header.
+/// `bytes` must have passed [`check_complete`] or a safetensors parse.
+fn data_section(bytes: &[u8]) -> &[u8] {
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    &bytes[8 + n..]
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Serialise `tensors` with `meta` plus [`CHECKSUM_KEY`]. The data section does not depend on the
+/// header, so it is hashed from a first serialisation and the file made with the digest added.
+pub(crate) fn serialize_with_checksum<V: safetensors::View + Clone>(
+    path: &Path,
+    tensors: &[(&str, V)],
+    mut meta: HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    let ser = |meta: HashMap<String, String>| {
+        safetensors::serialize(tensors.iter().cloned(), Some(meta))
+            .map_err(|e| ckpt_err(path, format!("cannot serialise: {e:?}")))
+    };
+    let digest = sha256_hex(data_section(&ser(meta.clone())?));
+    meta.insert(CHECKSUM_KEY.into(), digest);
+    ser(meta)
+}
+
+/// Check the tensor data against [`CHECKSUM_KEY`] (removed from `info`); a file without one
+/// (written before it existed) is accepted with a warning.
+pub(crate) fn verify_checksum(
+    path: &Path,
+    bytes: &[u8],
+    info: &mut BTreeMap<String, String>,
+) -> Result<()> {
+    let Some(stored) = info.remove(CHECKSUM_KEY) else {
+        tracing::warn!(
+            "{}: no tensor checksum (written by an older mce); damaged weights cannot be detected. \
+             Save it again to add one.",
+            path.display()
+        );
+        return Ok(());
+    };
+    let computed = sha256_hex(data_section(bytes));
+    if computed != stored {
+        return Err(ckpt_err(
+            path,
+            format!(
+                "the tensor data does not match its checksum (stored {stored}, computed \
+                 {computed}): the file is damaged"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The metadata of one of our safetensors files, after checking that its `format` is `format`
 /// and its `format_version` is `version` (both removed from the map). `what` names the expected
 /// kind of file in the error, e.g. "an mce checkpoint".
@@ -124,6 +187,7 @@ pub fn read(path: &Path, device: &Device) -> Result<CheckpointFile> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     check_complete(path, &bytes)?;
     let mut info = read_metadata(path, &bytes, FORMAT, FORMAT_VERSION, "an mce checkpoint")?;
+    verify_checksum(path, &bytes, &mut info)?;
     let config_json = info
         .remove("config")
         .ok_or_else(|| ckpt_err(path, "no config in metadata"))?;
@@ -156,8 +220,8 @@ pub fn write(
         "config".into(),
         serde_json::to_string(config).expect("config serialises"),
     );
-    let bytes = safetensors::serialize(tensors.iter(), Some(meta))
-        .map_err(|e| ckpt_err(path, format!("cannot serialise: {e:?}")))?;
+    let tensors: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let bytes = serialize_with_checksum(path, &tensors, meta)?;
     write_atomic(path, &bytes)
 }
 

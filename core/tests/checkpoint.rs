@@ -189,3 +189,37 @@ fn nan_weights_make_segmenting_an_error() {
     let e = segment(&vm, "nan.safetensors").unwrap_err().to_string();
     assert!(e.contains("non-finite logits"), "{e}");
 }
+
+/// Offset of the tensor data in a safetensors file.
+fn data_start(bytes: &[u8]) -> usize {
+    8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize
+}
+
+#[test]
+fn a_flipped_bit_in_the_tensors_is_refused() {
+    let (path, _) = save_fresh(&small(), "rot.safetensors");
+    checkpoint::load(&path, &Device::Cpu).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = data_start(&bytes) + (bytes.len() - data_start(&bytes)) / 3;
+    bytes[at] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    let e = err_of(&path);
+    assert!(e.contains("rot.safetensors"), "{e}");
+    assert!(e.contains("does not match its checksum"), "{e}");
+}
+
+#[test]
+fn files_from_before_the_checksum_still_load() {
+    // The same tensors and metadata, written without the checksum as older builds did.
+    let (path, _) = save_fresh(&small(), "old.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = meta.metadata().clone().unwrap();
+    assert!(meta.remove(checkpoint::CHECKSUM_KEY).is_some());
+    let old = safetensors::serialize(st.tensors(), Some(meta)).unwrap();
+    let old_path = tmp("old-format.safetensors");
+    std::fs::write(&old_path, old).unwrap();
+    let loaded = checkpoint::load(&old_path, &Device::Cpu).unwrap();
+    assert!(!loaded.extra.contains_key(checkpoint::CHECKSUM_KEY));
+}

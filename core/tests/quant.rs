@@ -254,6 +254,22 @@ fn artifact_round_trip_and_quantized_logits_stay_close_to_float() {
         sqnr >= 15.0,
         "simulated int8 vs float logit SQNR {sqnr:.1} dB"
     );
+
+    // One flipped bit in the int8 weights: refused by the tensor checksum, naming the file.
+    let mut rotten = std::fs::read(&path).unwrap();
+    let start = 8 + u64::from_le_bytes(rotten[..8].try_into().unwrap()) as usize;
+    let at = start + (rotten.len() - start) / 2;
+    rotten[at] ^= 0x01;
+    let bad = tmp("rotten.mceq");
+    std::fs::write(&bad, rotten).unwrap();
+    let e = match artifact::load(&bad, &Device::Cpu, LoadOptions::default()) {
+        Ok(_) => panic!("a damaged artifact loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("rotten.mceq") && e.contains("does not match its checksum"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -21,13 +21,29 @@ pub mod overlay;
 pub mod registry;
 pub mod segment;
 pub mod service;
+pub mod signals;
+
+/// The worked example at the end of `mce-device --help`.
+const EXAMPLE: &str = "\
+Example: teach it a class from one photo and its mask, then segment camera frames
+  mce-device demo                                   # bundled exemplars and frames, no camera
+  mce-device register mug --image mug.jpg --mask mug_mask.png
+  mce-device list
+  mce-device segment --support mug.jpg:mug_mask.png --query desk.jpg --out desk_mug.png
+  mce-device serve --source v4l2:///dev/video0 --http 127.0.0.1:8080
+  curl -s 127.0.0.1:8080/healthz; open http://127.0.0.1:8080/stream.mjpg in a browser
+
+The registry lives in $STATE_DIRECTORY, /var/lib/mce as root, else ~/.local/share/mce
+(--registry DIR to choose).
+Each command has its own --help.";
 
 /// The command line.
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "mce-device",
     version,
-    about = "Few-shot segmentation on the device"
+    about = "Few-shot segmentation on the device",
+    after_help = EXAMPLE
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -56,6 +72,16 @@ pub enum Command {
 
 /// Run a parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    run_deferred(cli, signals::Deferred::nothing())
+}
+
+/// [`run`] for `main`: `signals` (from [`signals::defer`], its first instruction) are released
+/// at once, except by `serve`, which releases them when its handlers are installed.
+pub fn run_deferred(cli: Cli, signals: signals::Deferred) -> anyhow::Result<()> {
+    if let Command::Serve(a) = &cli.command {
+        return service::serve::run(a, signals);
+    }
+    signals.release();
     match cli.command {
         Command::Segment(a) => segment::run(&a),
         Command::Bench(a) => bench::run(&a),
@@ -63,7 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::List(a) => registry::cli::run_list(&a),
         Command::Show(a) => registry::cli::run_show(&a),
         Command::Remove(a) => registry::cli::run_remove(&a),
-        Command::Serve(a) => service::serve::run(&a),
+        Command::Serve(_) => unreachable!("served above"),
         Command::Demo(a) => service::demo::run(&a),
     }
 }

@@ -6,13 +6,15 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // First: TERM / INT / HUP stay pending until someone handles them (see `signals`).
+    let signals = mce_device::signals::defer();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match mce_device::run(mce_device::Cli::parse()) {
+    match mce_device::run_deferred(mce_device::Cli::parse(), signals) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

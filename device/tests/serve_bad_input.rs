@@ -269,6 +269,59 @@ fn a_sequence_with_nothing_decodable_fails_the_source_not_the_server() {
     std::fs::write(frames.join("y.jpg"), b"not a jpeg").unwrap();
     let reg = dir.path().join("registry");
     let source = format!("file://{}?loop=true", frames.display());
+    let systemd = serve_support::FakeSystemd::listen(dir.path());
+    let env = systemd.env("400000");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let server = Server::start(
+        &[
+            "--init",
+            "lite0",
+            "--registry",
+            reg.to_str().unwrap(),
+            "--source",
+            &source,
+        ],
+        &env,
+    )
+    .unwrap();
+    // 19. looping over only corrupt files stops the source with a clear error, and a failed
+    // source is unhealthy: 503, and the watchdog is no longer fed (systemd restarts us).
+    let h = server.wait_health(Duration::from_secs(30), |v| {
+        v["source"]["state"] == "failed"
+    });
+    assert_eq!(h["status"], "unhealthy");
+    assert_eq!(server.get("/healthz").0, 503);
+    std::thread::sleep(Duration::from_millis(400)); // a ping in flight lands
+    let pings = systemd.pings();
+    std::thread::sleep(Duration::from_millis(1500)); // ~7 watchdog intervals
+    assert_eq!(
+        systemd.pings(),
+        pings,
+        "the watchdog is still fed:\n{}",
+        server.log()
+    );
+    assert!(h["source"]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("no image in the sequence could be decoded"));
+    assert_eq!(h["frames"]["corrupt"], 2);
+    server.signal("TERM");
+    let (status, log) = server.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{log}");
+}
+
+#[test]
+fn frames_that_vanish_for_seconds_come_back() {
+    let dir = serve_support::tmp();
+    let (frames, away) = (dir.path().join("frames"), dir.path().join("away"));
+    std::fs::create_dir_all(&frames).unwrap();
+    for (name, g) in [("a.png", 60u8), ("b.png", 160)] {
+        image::RgbImage::from_pixel(40, 30, image::Rgb([g, g, g]))
+            .save(frames.join(name))
+            .unwrap();
+    }
+    let reg = dir.path().join("registry");
+    let source = format!("file://{}?loop=true&fps=20", frames.display());
     let server = Server::start(
         &[
             "--init",
@@ -281,17 +334,72 @@ fn a_sequence_with_nothing_decodable_fails_the_source_not_the_server() {
         &[],
     )
     .unwrap();
-    // 19. looping over only corrupt files stops the source with a clear error.
-    let h = server.wait_health(Duration::from_secs(30), |v| {
-        v["source"]["state"] == "failed"
+    server.wait_health(Duration::from_secs(30), |v| {
+        v["frames"]["processed"].as_u64() >= Some(1)
     });
-    assert_eq!(h["status"], "degraded");
-    assert!(h["source"]["last_error"]
-        .as_str()
-        .unwrap()
-        .contains("no image in the sequence could be decoded"));
-    assert_eq!(h["frames"]["corrupt"], 2);
+    // 20. every frame moves out of the folder for a few seconds: retried, never corrupt ...
+    std::fs::rename(&frames, &away).unwrap();
+    let h = server.wait_health(Duration::from_secs(10), |v| {
+        v["source"]["state"] == "reconnecting"
+    });
+    assert_eq!(h["status"], "degraded", "{h}");
+    std::thread::sleep(Duration::from_secs(3));
+    std::fs::rename(&away, &frames).unwrap();
+    // ... and the source streams again when they are back.
+    let before = server.get_json("/healthz")["frames"]["in"]
+        .as_u64()
+        .unwrap();
+    let h = server.wait_health(Duration::from_secs(30), |v| {
+        v["source"]["state"] == "streaming" && v["frames"]["in"].as_u64() > Some(before + 2)
+    });
+    assert_eq!(h["frames"]["corrupt"], 0, "{h}");
+    assert_eq!(h["status"], "ok", "{h}");
+    assert_has(&server.log(), &["cannot read the frame", "retrying in"]);
     server.signal("TERM");
     let (status, log) = server.wait(Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{log}");
+}
+
+#[test]
+fn signals_while_starting_are_handled_not_fatal() {
+    let dir = serve_support::tmp();
+    let frames = dir.path().join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    image::RgbImage::from_pixel(40, 30, image::Rgb([90, 90, 90]))
+        .save(frames.join("a.png"))
+        .unwrap();
+    let reg = dir.path().join("registry");
+    let args = [
+        "--init",
+        "lite0",
+        "--registry",
+        reg.to_str().unwrap(),
+        "--source",
+        frames.to_str().unwrap(),
+    ];
+    // 21. SIGHUP while the model loads (long before the handlers exist): kept pending, then
+    // handled as a reload; the process does not die of it.
+    let server = Server::start_with(&args, &[], |pid| {
+        std::thread::sleep(Duration::from_millis(100));
+        serve_support::kill(pid, "HUP");
+    })
+    .expect("a SIGHUP during startup ended the process");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !server.log().contains("SIGHUP: reloading") {
+        assert!(std::time::Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.signal("TERM");
+    let (status, log) = server.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{log}");
+
+    // SIGTERM while starting: a clean stop (exit 0) once the handlers exist, not death by signal.
+    let server = Server::start_with(&args, &[], |pid| {
+        std::thread::sleep(Duration::from_millis(100));
+        serve_support::kill(pid, "TERM");
+    })
+    .expect("a SIGTERM during startup ended the process before it listened");
+    let (status, log) = server.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("SIGTERM received"), "{log}");
 }

@@ -8,11 +8,10 @@ use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use mce_core::inference::lite0_weights_path;
 use mce_core::{checkpoint, Mce, MceConfig};
-use serve_support::{asset, bin, Server};
+use serve_support::{asset, bin, FakeSystemd, Server};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -126,27 +125,9 @@ fn serve_end_to_end() {
     std::fs::create_dir_all(&frames).unwrap();
     std::fs::copy(asset("8_13_s.png"), frames.join("8_13_s.png")).unwrap();
 
-    // A fake systemd: collect sd_notify datagrams.
-    let sock_path = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let notes = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let collector = {
-        let (notes, stop) = (notes.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                if let Ok(n) = sock.recv(&mut buf) {
-                    notes
-                        .lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&buf[..n]).to_string());
-                }
-            }
-        })
-    };
+    let systemd = FakeSystemd::listen(dir.path());
+    let env = systemd.env("400000");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
 
     let source = format!("file://{}?loop=true&fps=1", frames.display());
     let server = Server::start(
@@ -158,10 +139,7 @@ fn serve_end_to_end() {
             "--source",
             &source,
         ],
-        &[
-            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
-            ("WATCHDOG_USEC", "400000"),
-        ],
+        &env,
     )
     .unwrap();
     let health = server.wait_health(Duration::from_secs(90), |v| {
@@ -307,9 +285,7 @@ fn serve_end_to_end() {
     assert!(log.contains("clean shutdown:"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
 
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    collector.join().unwrap();
-    let notes = notes.lock().unwrap().join("\n");
+    let notes = systemd.notes().join("\n");
     for want in ["READY=1", "WATCHDOG=1", "RELOADING=1", "STOPPING=1"] {
         assert!(notes.contains(want), "no {want} in notifications:\n{notes}");
     }

@@ -1,7 +1,8 @@
 //! The capture loop: pull frames from a [`FrameSource`] on a thread of its own and put them into
-//! the latest-frame slot. Corrupt frames are skipped and counted, an unavailable camera is
-//! retried with exponential back-off ([`Backoff`]), a finished source leaves the service serving
-//! its last result.
+//! the latest-frame slot. Corrupt frames are skipped and counted; an unavailable camera or frame
+//! file (EMFILE, EIO, a vanished file) is retried with exponential back-off ([`Backoff`]) and
+//! never counted as corrupt; a finished source leaves the service serving its last result.
+//! Recorded sources without a pace wait for the consumer instead of decoding frames nobody sees.
 
 use super::metrics::stage;
 use super::slot::Frame;
@@ -71,6 +72,7 @@ pub fn run(
     let mut index = 0u64;
     let mut last_start: Option<Instant> = None;
     let mut reconnecting = false;
+    let wait_for_consumer = lossless || (source.is_recorded() && source.frame_interval().is_none());
     shared.set_source_state(SourceState::Starting, None);
     loop {
         if shared.stopping() {
@@ -93,6 +95,7 @@ pub fn run(
                 }
                 backoff.reset();
                 shared.set_source_state(SourceState::Streaming, None);
+                shared.frame_arrived();
                 shared.metrics.frames_in.inc();
                 shared.metrics.observe(stage::CAPTURE, capture_time);
                 let frame = Frame {
@@ -104,7 +107,7 @@ pub fn run(
                     label: captured.label,
                 };
                 index += 1;
-                let delivered = if lossless {
+                let delivered = if wait_for_consumer {
                     shared.slot.put_wait(frame, shared.stop_flag()).is_ok()
                 } else {
                     match shared.slot.put(frame) {
@@ -136,10 +139,7 @@ pub fn run(
                 ErrorKind::Retry => {
                     let delay = backoff.next_delay();
                     shared.metrics.source_errors.inc();
-                    tracing::error!(
-                        "{e}; retrying in {:.1} s (is the camera plugged in, and may this user open it?)",
-                        delay.as_secs_f64()
-                    );
+                    tracing::error!("{e}; retrying in {:.1} s", delay.as_secs_f64());
                     shared.set_source_state(SourceState::Reconnecting, Some(e.to_string()));
                     reconnecting = true;
                     last_start = None;

@@ -2,7 +2,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /healthz` | 200 JSON: status, the model's head kind, source state, frame counts (503 when inference is unhealthy) |
+//! | `GET /healthz` | 200 JSON: status, the model's head kind, source state, frame counts (503 when unhealthy: inference failing, the source failed, finished with nothing or stalled) |
 //! | `GET /metrics` | Prometheus / OpenMetrics text |
 //! | `GET /classes` | JSON list of classes (name, exemplars, overlay colour) |
 //! | `GET /frame.jpg` | latest overlay JPEG (503 before the first frame) |
@@ -15,7 +15,7 @@
 //! answered 400 by hyper before they reach a handler.
 
 use super::access::{guard, Access};
-use super::state::{Shared, SourceState};
+use super::state::{Health, Shared};
 use super::worker::FrameOutput;
 use axum::body::Body;
 use axum::extract::State;
@@ -86,19 +86,10 @@ async fn healthz(State(s): State<AppState>) -> Response {
     let m = &sh.metrics;
     let source = sh.source_status();
     let healthy = sh.inference_healthy();
-    let status = if !healthy {
-        "unhealthy"
-    } else if matches!(
-        source.state,
-        SourceState::Reconnecting | SourceState::Failed
-    ) {
-        "degraded"
-    } else {
-        "ok"
-    };
+    let health = sh.health();
     let last = s.latest.borrow().as_ref().map(|o| o.results.frame.index);
     let body = json!({
-        "status": status,
+        "status": health,
         "uptime_s": sh.started.elapsed().as_secs_f64(),
         "model_trained": sh.model_trained,
         "model_head": sh.model_head,
@@ -114,10 +105,9 @@ async fn healthz(State(s): State<AppState>) -> Response {
         },
         "classes": sh.classes().len(),
     });
-    let code = if healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let code = match health {
+        Health::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
+        Health::Ok | Health::Degraded => StatusCode::OK,
     };
     (code, Json(body)).into_response()
 }

@@ -15,6 +15,7 @@ use super::source::SourceSpec;
 use super::worker::Engine;
 use crate::model::ModelArgs;
 use crate::registry::cli::RegistryDir;
+use crate::signals::Deferred;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use std::io::Write;
@@ -62,8 +63,9 @@ pub struct ServeArgs {
     pub jpeg_quality: u8,
 }
 
-/// Run the service until SIGTERM / SIGINT.
-pub fn run(args: &ServeArgs) -> Result<()> {
+/// Run the service until SIGTERM / SIGINT. `signals` stay blocked (pending) until the handlers
+/// are installed.
+pub fn run(args: &ServeArgs, signals: Deferred) -> Result<()> {
     let spec = SourceSpec::parse(&args.source)?;
     let source = spec.open()?;
     let access = Arc::new(Access::new(
@@ -101,7 +103,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         access,
         limits,
     };
-    runtime.block_on(serve(http, source, engine, options))?;
+    runtime.block_on(serve(http, source, engine, options, signals))?;
     if !trained {
         crate::model::warn_untrained();
     }
@@ -120,10 +122,13 @@ async fn serve(
     source: Box<dyn super::source::FrameSource>,
     engine: Engine,
     options: PipelineOptions,
+    signals: Deferred,
 ) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    // Signals sent while the model loaded are delivered now, to these handlers.
+    signals.release();
     let addr = http.addr;
     let listener = tokio::net::TcpListener::bind(addr)
         .await

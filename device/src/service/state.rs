@@ -13,7 +13,43 @@ use mce_core::config::HeadKind;
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// A source that has delivered no frame for this long while starting or reconnecting makes the
+/// service unhealthy (so systemd's watchdog restarts it).
+pub const SOURCE_STALL_LIMIT: Duration = Duration::from_secs(60);
+
+/// The service's health, as `/healthz` reports it and the watchdog acts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Ok,
+    /// Working towards frames (a camera being re-opened); still answered 200.
+    Degraded,
+    /// `/healthz` answers 503 and the systemd watchdog is no longer fed.
+    Unhealthy,
+}
+
+/// The health rules, one pure function: inference failing, a failed source, a source that
+/// finished without a single frame, or one that has produced nothing for longer than `stall`
+/// is unhealthy; a reconnecting source is degraded.
+pub fn judge(
+    inference_healthy: bool,
+    source: SourceState,
+    frames_in: u64,
+    since_last_frame: Duration,
+    stall: Duration,
+) -> Health {
+    use SourceState::*;
+    match source {
+        _ if !inference_healthy => Health::Unhealthy,
+        Failed => Health::Unhealthy,
+        Finished if frames_in == 0 => Health::Unhealthy,
+        Starting | Reconnecting if since_last_frame > stall => Health::Unhealthy,
+        Reconnecting => Health::Degraded,
+        _ => Health::Ok,
+    }
+}
 
 /// What the source is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -46,6 +82,8 @@ pub struct Shared {
     reload: AtomicBool,
     healthy: AtomicBool,
     source: Mutex<SourceStatus>,
+    /// When the source last delivered a frame (the start before the first).
+    last_frame: Mutex<Instant>,
     classes: RwLock<Vec<ClassInfo>>,
     pub model_trained: bool,
     /// The kind of head the loaded model runs (`/healthz`).
@@ -68,6 +106,7 @@ impl Shared {
                 state: SourceState::Starting,
                 last_error: None,
             }),
+            last_frame: Mutex::new(Instant::now()),
             classes: RwLock::new(Vec::new()),
             model_trained,
             model_head,
@@ -92,12 +131,31 @@ impl Shared {
     pub(crate) fn take_reload_request(&self) -> bool {
         self.reload.swap(false, Ordering::SeqCst)
     }
-    /// False after repeated inference failures (the watchdog then stops being fed).
+    /// False after repeated inference failures (see [`Shared::health`] for the whole picture).
     pub fn inference_healthy(&self) -> bool {
         self.healthy.load(Ordering::SeqCst)
     }
     pub(crate) fn set_healthy(&self, ok: bool) {
         self.healthy.store(ok, Ordering::SeqCst);
+    }
+    /// The source delivered a frame now.
+    pub(crate) fn frame_arrived(&self) {
+        *self.last_frame.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+    /// The service's health now ([`judge`]).
+    pub fn health(&self) -> Health {
+        let since = self
+            .last_frame
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed();
+        judge(
+            self.inference_healthy(),
+            self.source_status().state,
+            self.metrics.frames_in.get(),
+            since,
+            SOURCE_STALL_LIMIT,
+        )
     }
     pub fn source_status(&self) -> SourceStatus {
         self.source
@@ -122,5 +180,27 @@ impl Shared {
         let names: Vec<String> = infos.iter().map(|c| c.name.clone()).collect();
         self.metrics.reset_classes(&names);
         *self.classes.write().unwrap_or_else(|p| p.into_inner()) = infos;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_rules() {
+        let (s, long) = (Duration::from_secs(1), Duration::from_secs(60));
+        let j = |ok, state, n, since| judge(ok, state, n, since, long);
+        use SourceState::*;
+        assert_eq!(j(true, Streaming, 5, s), Health::Ok);
+        assert_eq!(j(false, Streaming, 5, s), Health::Unhealthy);
+        assert_eq!(j(true, Failed, 5, s), Health::Unhealthy);
+        assert_eq!(j(true, Finished, 0, s), Health::Unhealthy);
+        assert_eq!(j(true, Finished, 3, long * 10), Health::Ok);
+        assert_eq!(j(true, Reconnecting, 3, s), Health::Degraded);
+        assert_eq!(j(true, Reconnecting, 3, long * 2), Health::Unhealthy);
+        assert_eq!(j(true, Starting, 0, s), Health::Ok);
+        assert_eq!(j(true, Starting, 0, long * 2), Health::Unhealthy);
+        assert_eq!(j(true, Stopped, 0, long * 2), Health::Ok);
     }
 }

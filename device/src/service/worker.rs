@@ -1,15 +1,16 @@
 //! The inference thread: take the newest frame, segment it against every class (backbone and
 //! query encoding once, MCE head per class), combine the classes, draw the overlay, encode JPEG
 //! and JSON, publish (`process` and its steps). Between frames it reloads the classes when asked
-//! (SIGHUP) and feeds the systemd watchdog while it is healthy; after `UNHEALTHY_AFTER` (5) failed
-//! frames in a row it is unhealthy (`/healthz` 503, no more watchdog pings) until one succeeds.
+//! (SIGHUP) and feeds the systemd watchdog while the service is not unhealthy
+//! ([`Shared::health`]); after `UNHEALTHY_AFTER` (5) failed frames in a row inference is
+//! unhealthy (`/healthz` 503, no more watchdog pings) until one succeeds.
 
 use super::classes::{self, ClassSource, LoadedClass};
 use super::metrics::{stage, ClassLabel};
 use super::notify::Notifier;
 use super::results::{self, ClassResult, FrameInfo, FrameResults, LabelMap, Latency};
 use super::slot::Frame;
-use super::state::Shared;
+use super::state::{Health, Shared};
 use crate::overlay;
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -263,11 +264,17 @@ pub fn run(
     jpeg_quality: u8,
 ) {
     let mut failures = 0u32;
+    let mut health = Health::Ok;
     loop {
         if shared.take_reload_request() {
             reload(&mut engine, &shared, &notifier);
         }
-        if shared.inference_healthy() {
+        let now = shared.health();
+        if now != health {
+            tracing::warn!(from = ?health, to = ?now, source = ?shared.source_status().state, "health changed");
+            health = now;
+        }
+        if health != Health::Unhealthy {
             notifier.watchdog();
         }
         if shared.stopping() {

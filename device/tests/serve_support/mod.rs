@@ -48,6 +48,16 @@ impl Server {
     /// Start `serve` with `args` (plus `--http 127.0.0.1:0` unless given) and wait until it prints
     /// its address. `Err(log)` when it exits first.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Result<Server, String> {
+        Self::start_with(args, envs, |_| {})
+    }
+
+    /// [`Server::start`], calling `on_spawn(pid)` as soon as the process exists (before it
+    /// listens), e.g. to signal it while it starts.
+    pub fn start_with(
+        args: &[&str],
+        envs: &[(&str, &str)],
+        on_spawn: impl FnOnce(u32),
+    ) -> Result<Server, String> {
         let mut cmd = Command::new(bin());
         cmd.arg("serve").args(args);
         if !args.contains(&"--http") {
@@ -66,6 +76,7 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn mce-device serve");
+        on_spawn(child.id());
         let log = Arc::new(Mutex::new(String::new()));
         {
             let log = log.clone();
@@ -118,13 +129,7 @@ impl Server {
 
     /// Send a signal with `kill -SIG pid`.
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill")
-            .success();
-        assert!(ok, "kill -{sig} failed");
+        kill(self.pid(), sig);
     }
 
     /// Wait for exit (killing after `timeout`); returns the status and the whole log.
@@ -223,4 +228,83 @@ pub fn parse_response(raw: &[u8]) -> (u16, String, Vec<u8>) {
 /// A fresh temporary directory.
 pub fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
+}
+
+/// A fake systemd: collects the sd_notify datagrams sent to its socket.
+pub struct FakeSystemd {
+    pub socket: PathBuf,
+    notes: Arc<Mutex<Vec<String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    collector: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeSystemd {
+    /// Listen on `dir/notify.sock`.
+    pub fn listen(dir: &Path) -> FakeSystemd {
+        let socket = dir.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let notes = Arc::new(Mutex::new(Vec::<String>::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let collector = {
+            let (notes, stop) = (notes.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    if let Ok(n) = sock.recv(&mut buf) {
+                        let note = String::from_utf8_lossy(&buf[..n]).to_string();
+                        notes.lock().unwrap().push(note);
+                    }
+                }
+            })
+        };
+        FakeSystemd {
+            socket,
+            notes,
+            stop,
+            collector: Some(collector),
+        }
+    }
+
+    /// The environment a service under systemd with a `watchdog_usec` watchdog sees.
+    pub fn env(&self, watchdog_usec: &str) -> Vec<(String, String)> {
+        vec![
+            ("NOTIFY_SOCKET".into(), self.socket.display().to_string()),
+            ("WATCHDOG_USEC".into(), watchdog_usec.into()),
+        ]
+    }
+
+    /// Every notification so far, in order.
+    pub fn notes(&self) -> Vec<String> {
+        self.notes.lock().unwrap().clone()
+    }
+
+    /// How many `WATCHDOG=1` pings so far.
+    pub fn pings(&self) -> usize {
+        self.notes()
+            .iter()
+            .filter(|n| n.contains("WATCHDOG=1"))
+            .count()
+    }
+}
+
+impl Drop for FakeSystemd {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(c) = self.collector.take() {
+            let _ = c.join();
+        }
+    }
+}
+
+/// `kill -SIG pid`.
+pub fn kill(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -{sig} {pid} failed");
 }

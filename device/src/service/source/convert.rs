@@ -1,7 +1,8 @@
 //! Camera pixel formats to RGB: packed YUYV 4:2:2 (BT.601, limited range) and MJPEG frames
 //! (JPEG images, often without Huffman tables: the standard ones are inserted then).
 
-use image::{ImageFormat, RgbImage};
+use image::codecs::jpeg::JpegDecoder;
+use image::{DynamicImage, ImageDecoder, ImageFormat, RgbImage};
 
 /// Convert one Y'CbCr sample (BT.601, limited "video" range 16–235 / 16–240) to RGB with the
 /// usual 8-bit fixed-point coefficients.
@@ -122,8 +123,9 @@ pub fn with_standard_huffman_tables(data: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// Decode one MJPEG frame (a complete JPEG image, with or without Huffman tables) to RGB.
-pub fn decode_mjpeg(data: &[u8]) -> Result<RgbImage, String> {
+/// Decode one MJPEG frame (a complete JPEG image, with or without Huffman tables, of at most
+/// `max_pixels` pixels by its header) to RGB.
+pub fn decode_mjpeg(data: &[u8], max_pixels: u64) -> Result<RgbImage, String> {
     if data.len() < 4 || data[0] != 0xFF || data[1] != 0xD8 {
         return Err(format!(
             "MJPEG frame of {} bytes does not start with a JPEG SOI marker",
@@ -133,9 +135,18 @@ pub fn decode_mjpeg(data: &[u8]) -> Result<RgbImage, String> {
     mce_core::image_file::check_complete(data, ImageFormat::Jpeg)
         .map_err(|e| format!("MJPEG frame of {} bytes: {e}", data.len()))?;
     let fixed = with_standard_huffman_tables(data);
-    image::load_from_memory_with_format(fixed.as_deref().unwrap_or(data), ImageFormat::Jpeg)
+    let err = |e: image::ImageError| format!("MJPEG frame of {} bytes: {e}", data.len());
+    let decoder =
+        JpegDecoder::new(std::io::Cursor::new(fixed.as_deref().unwrap_or(data))).map_err(err)?;
+    let (w, h) = decoder.dimensions();
+    if u64::from(w) * u64::from(h) > max_pixels {
+        return Err(format!(
+            "MJPEG frame of {w}x{h} pixels exceeds the limit of {max_pixels} pixels"
+        ));
+    }
+    DynamicImage::from_decoder(decoder)
         .map(|img| img.to_rgb8())
-        .map_err(|e| format!("MJPEG frame of {} bytes: {e}", data.len()))
+        .map_err(err)
 }
 
 #[cfg(test)]
@@ -143,6 +154,7 @@ mod tests {
     use super::*;
     use image::codecs::jpeg::JpegEncoder;
     use image::Rgb;
+    const MAX: u64 = crate::service::source::MAX_FRAME_PIXELS;
 
     #[test]
     fn ycbcr_matches_hand_computed_values() {
@@ -211,8 +223,10 @@ mod tests {
         JpegEncoder::new_with_quality(&mut jpeg, 95)
             .encode_image(&src)
             .unwrap();
-        let img = decode_mjpeg(&jpeg).unwrap();
+        let img = decode_mjpeg(&jpeg, MAX).unwrap();
         assert_eq!(img.dimensions(), (32, 16));
+        let e = decode_mjpeg(&jpeg, 32 * 16 - 1).unwrap_err();
+        assert!(e.contains("32x16 pixels exceeds the limit of 511"), "{e}");
         for (x, want) in [(4, [200, 30, 30]), (28, [30, 30, 200])] {
             let got = img.get_pixel(x, 8).0;
             for c in 0..3 {
@@ -230,7 +244,7 @@ mod tests {
             image::load_from_memory(&stripped).is_err(),
             "needs its tables"
         );
-        let img2 = decode_mjpeg(&stripped).unwrap();
+        let img2 = decode_mjpeg(&stripped, MAX).unwrap();
         assert_eq!(img2.as_raw(), img.as_raw());
         assert!(
             with_standard_huffman_tables(&jpeg).is_none(),
@@ -257,9 +271,11 @@ mod tests {
             .map(|(id, c, s)| (*id, c.to_vec(), s.to_vec()))
             .collect();
         assert_eq!(written, ours);
-        assert!(decode_mjpeg(b"not a jpeg").unwrap_err().contains("SOI"));
-        assert!(decode_mjpeg(&jpeg[..jpeg.len() / 3]).is_err());
-        let half = decode_mjpeg(&jpeg[..jpeg.len() / 2]).unwrap_err();
+        assert!(decode_mjpeg(b"not a jpeg", MAX)
+            .unwrap_err()
+            .contains("SOI"));
+        assert!(decode_mjpeg(&jpeg[..jpeg.len() / 3], MAX).is_err());
+        let half = decode_mjpeg(&jpeg[..jpeg.len() / 2], MAX).unwrap_err();
         assert!(half.contains("truncated"), "{half}");
     }
 }

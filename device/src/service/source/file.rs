@@ -1,11 +1,18 @@
 //! File sources: a directory of images played in file-name order, or one image.
 //!
-//! Corrupt or vanished files inside a sequence are skipped (a [`SourceError::Corrupt`] per frame,
-//! which the capture loop warns about and counts); a looping sequence in which no file decodes
-//! stops with [`SourceError::NothingDecodable`] instead of spinning.
+//! Corrupt files inside a sequence, and frames above the pixel limit, are skipped (a
+//! [`SourceError::Corrupt`] per frame, which the capture loop warns about and counts); a looping
+//! sequence in which no file decodes stops with [`SourceError::NothingDecodable`] instead of
+//! spinning.
+//!
+//! Reading is not decoding: a file that cannot be *read* (EMFILE when descriptors run out, EIO,
+//! a file that vanished) is a transient [`SourceError::Unavailable`]: the capture loop backs off
+//! and asks again for the same frame, nothing is counted as corrupt. A vanished file makes the
+//! sequence re-list its directory, so frames that are moved away and back, or replaced, play
+//! again.
 
-use super::{Captured, FrameSource, SourceError};
-use mce_core::preprocess::load_rgb;
+use super::{Captured, FrameSource, SourceError, MAX_FRAME_PIXELS};
+use mce_core::preprocess::load_rgb_with_limit;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -37,6 +44,7 @@ pub fn open(
             looping,
             interval,
             good_in_pass: 0,
+            max_pixels: MAX_FRAME_PIXELS,
         }))
     }
 }
@@ -50,6 +58,7 @@ pub struct ImageSequence {
     looping: bool,
     interval: Option<Duration>,
     good_in_pass: usize,
+    max_pixels: u64,
 }
 
 impl ImageSequence {
@@ -59,27 +68,15 @@ impl ImageSequence {
         looping: bool,
         interval: Option<Duration>,
     ) -> Result<Self, SourceError> {
-        let io = |error| SourceError::Io {
+        let files = list_images(dir).map_err(|error| SourceError::Io {
             path: dir.to_path_buf(),
             error,
-        };
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(io)? {
-            let path = entry.map_err(io)?.path();
-            let is_image = path
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
-            if is_image && path.is_file() {
-                files.push(path);
-            }
-        }
+        })?;
         if files.is_empty() {
             return Err(SourceError::EmptyDir {
                 dir: dir.to_path_buf(),
             });
         }
-        files.sort();
         Ok(Self {
             dir: dir.to_path_buf(),
             files,
@@ -87,7 +84,14 @@ impl ImageSequence {
             looping,
             interval,
             good_in_pass: 0,
+            max_pixels: MAX_FRAME_PIXELS,
         })
+    }
+
+    /// Refuse frames above `max_pixels` (counted as corrupt) instead of [`MAX_FRAME_PIXELS`].
+    pub fn with_max_pixels(mut self, max_pixels: u64) -> Self {
+        self.max_pixels = max_pixels;
+        self
     }
 
     /// The files in play order.
@@ -123,18 +127,26 @@ impl FrameSource for ImageSequence {
             self.next = 0;
             self.good_in_pass = 0;
         }
-        let path = &self.files[self.next];
-        self.next += 1;
-        match load_rgb(path) {
+        let path = self.files[self.next].clone();
+        match load_rgb_with_limit(&path, self.max_pixels) {
             Ok(image) => {
+                self.next += 1;
                 self.good_in_pass += 1;
                 Ok(Some(Captured {
                     image,
                     label: Some(path.display().to_string()),
                 }))
             }
+            Err(mce_core::Error::Io { error, .. }) => {
+                // Not the frame's fault: ask again for the same one after the back-off.
+                if error.kind() == std::io::ErrorKind::NotFound {
+                    self.relist(&path);
+                }
+                Err(SourceError::Unavailable { path, error })
+            }
             Err(e) => {
                 // Non-looping sequences of only corrupt files end after one pass.
+                self.next += 1;
                 Err(SourceError::Corrupt {
                     what: path.display().to_string(),
                     reason: e.to_string(),
@@ -143,9 +155,47 @@ impl FrameSource for ImageSequence {
         }
     }
 
+    fn is_recorded(&self) -> bool {
+        true
+    }
+
     fn frame_interval(&self) -> Option<Duration> {
         self.interval
     }
+}
+
+impl ImageSequence {
+    /// `missing` vanished: list the directory again and go on from the first image that sorts
+    /// after it. An unreadable or image-less directory keeps the old list (they may come back).
+    fn relist(&mut self, missing: &Path) {
+        if self.files.len() == 1 && self.files[0] == self.dir {
+            return; // a single image: wait for it
+        }
+        match list_images(&self.dir) {
+            Ok(files) if !files.is_empty() => {
+                self.next = files.partition_point(|f| f.as_path() < missing);
+                self.files = files;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The images of `dir` (by extension, [`IMAGE_EXTENSIONS`]), sorted by name.
+fn list_images(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let is_image = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
+        if is_image && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 #[cfg(test)]
@@ -209,6 +259,81 @@ mod tests {
             "{e}"
         );
         assert!(s.next_frame().unwrap().is_some(), "whole.jpg still plays");
+    }
+
+    #[test]
+    fn frames_above_the_pixel_limit_are_corrupt() {
+        let tmp = dir();
+        RgbImage::from_pixel(40, 30, Rgb([9, 9, 9]))
+            .save(tmp.path().join("big.png"))
+            .unwrap();
+        let mut s = ImageSequence::open(tmp.path(), false, None)
+            .unwrap()
+            .with_max_pixels(40 * 30 - 1);
+        let e = s.next_frame().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Skip);
+        assert!(
+            e.to_string().contains("40x30 pixels exceeds the limit"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn frames_that_vanish_are_retried_and_play_again_when_back() {
+        let tmp = dir();
+        let (d, away) = (tmp.path().join("frames"), tmp.path().join("away"));
+        std::fs::create_dir_all(&d).unwrap();
+        for (name, v) in [("a.png", 10u8), ("b.png", 20), ("c.png", 30)] {
+            RgbImage::from_pixel(4, 4, Rgb([v, v, v]))
+                .save(d.join(name))
+                .unwrap();
+        }
+        let mut s = ImageSequence::open(&d, true, None).unwrap();
+        assert!(s
+            .next_frame()
+            .unwrap()
+            .unwrap()
+            .label
+            .unwrap()
+            .ends_with("a.png"));
+        // Everything moves away: transient, retried, never corrupt or fatal, however often asked.
+        std::fs::rename(&d, &away).unwrap();
+        for _ in 0..10 {
+            let e = s.next_frame().unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Retry, "{e}");
+            assert!(e.to_string().contains("b.png"), "{e}");
+        }
+        // Back, with one frame replaced by a new name: the directory is listed again.
+        std::fs::rename(&away, &d).unwrap();
+        std::fs::rename(d.join("b.png"), d.join("bb.png")).unwrap();
+        // b.png is still missing: once more a retry, after which the new listing plays.
+        assert_eq!(s.next_frame().unwrap_err().kind(), ErrorKind::Retry);
+        let labels: Vec<String> = (0..4)
+            .map(|_| s.next_frame().unwrap().unwrap().label.unwrap())
+            .collect();
+        let names: Vec<&str> = labels
+            .iter()
+            .map(|l| l.rsplit('/').next().unwrap())
+            .collect();
+        assert_eq!(names, ["bb.png", "c.png", "a.png", "bb.png"]);
+    }
+
+    #[test]
+    fn an_unreadable_frame_is_retried_not_corrupt() {
+        let tmp = dir();
+        let f = tmp.path().join("x.png");
+        RgbImage::from_pixel(4, 4, Rgb([1, 1, 1])).save(&f).unwrap();
+        let mut s = ImageSequence::open(tmp.path(), false, None).unwrap();
+        // A directory where the frame was: reading fails with an I/O error (EISDIR), as EMFILE
+        // or EIO would.
+        std::fs::remove_file(&f).unwrap();
+        std::fs::create_dir(&f).unwrap();
+        let e = s.next_frame().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Retry, "{e}");
+        std::fs::remove_dir(&f).unwrap();
+        RgbImage::from_pixel(4, 4, Rgb([1, 1, 1])).save(&f).unwrap();
+        assert!(s.next_frame().unwrap().is_some());
+        assert!(s.next_frame().unwrap().is_none());
     }
 
     #[test]

@@ -23,6 +23,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Frames above this many pixels (4096 x 2160, "4K") are refused from their header, before any
+/// full-resolution work, and counted as corrupt: one huge frame must not cost gigabytes.
+pub const MAX_FRAME_PIXELS: u64 = 4096 * 2160;
+
 /// One captured and decoded frame.
 #[derive(Debug, Clone)]
 pub struct Captured {
@@ -42,6 +46,11 @@ pub trait FrameSource: Send {
     fn frame_interval(&self) -> Option<Duration> {
         None
     }
+    /// Recorded sources (files) have no clock of their own: without a `frame_interval` they are
+    /// played at the consumer's pace instead of being decoded as fast as the disk allows.
+    fn is_recorded(&self) -> bool {
+        false
+    }
 }
 
 /// What the capture loop does with an error.
@@ -55,7 +64,8 @@ pub enum ErrorKind {
     Fatal,
 }
 
-/// Errors of frame sources. Each names the URL, file or device concerned.
+/// Errors of frame sources. Each names the URL, file or device concerned. What is transient
+/// (a camera or a frame file that cannot be opened now) is retried, never counted as corrupt.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("bad source URL {url:?}: {reason}")]
@@ -71,6 +81,11 @@ pub enum SourceError {
     },
     #[error("file source {}: no image in the sequence could be decoded", dir.display())]
     NothingDecodable { dir: PathBuf },
+    #[error("file source {}: cannot read the frame: {error}", path.display())]
+    Unavailable {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("corrupt frame {what}: {reason}")]
     Corrupt { what: String, reason: String },
     #[error("camera {}: {op}: {error}", path.display())]
@@ -88,7 +103,9 @@ impl SourceError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             SourceError::Corrupt { .. } => ErrorKind::Skip,
-            SourceError::Device { .. } | SourceError::Format { .. } => ErrorKind::Retry,
+            SourceError::Device { .. }
+            | SourceError::Format { .. }
+            | SourceError::Unavailable { .. } => ErrorKind::Retry,
             _ => ErrorKind::Fatal,
         }
     }

@@ -6,7 +6,7 @@
 //! function of what the camera offers, so it is tested without a camera.
 
 use super::convert::{decode_mjpeg, yuyv_to_rgb};
-use super::{Captured, FrameSource, PixelFormat, SourceError, V4l2Request};
+use super::{Captured, FrameSource, PixelFormat, SourceError, V4l2Request, MAX_FRAME_PIXELS};
 use std::path::PathBuf;
 use std::time::Duration;
 use v4l::buffer::Type;
@@ -310,7 +310,7 @@ impl FrameSource for V4l2Source {
         };
         let image = match choice.format {
             PixelFormat::Yuyv => yuyv_to_rgb(&data, choice.width, choice.height, stride),
-            PixelFormat::Mjpg => decode_mjpeg(&data),
+            PixelFormat::Mjpg => decode_mjpeg(&data, MAX_FRAME_PIXELS),
         }
         .map_err(|reason| SourceError::Corrupt {
             what: format!("from {}", self.req.device.display()),
