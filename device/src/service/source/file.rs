@@ -9,7 +9,7 @@
 //! a file that vanished) is a transient [`SourceError::Unavailable`]: the capture loop backs off
 //! and asks again for the same frame, nothing is counted as corrupt. A vanished file makes the
 //! sequence re-list its directory, so frames that are moved away and back, or replaced, play
-//! again.
+//! again; a looping sequence also re-lists at the start of every pass, picking up new files.
 
 use super::{Captured, FrameSource, SourceError, MAX_FRAME_PIXELS};
 use mce_core::preprocess::load_rgb_with_limit;
@@ -124,6 +124,7 @@ impl FrameSource for ImageSequence {
                     dir: self.dir.clone(),
                 });
             }
+            self.relist(Path::new(""));
             self.next = 0;
             self.good_in_pass = 0;
         }
@@ -165,8 +166,9 @@ impl FrameSource for ImageSequence {
 }
 
 impl ImageSequence {
-    /// `missing` vanished: list the directory again and go on from the first image that sorts
-    /// after it. An unreadable or image-less directory keeps the old list (they may come back).
+    /// List the directory again (each new pass of a loop, and when `missing` vanished) and go on
+    /// from the first image that sorts after `missing`. An unreadable or image-less directory
+    /// keeps the old list (they may come back).
     fn relist(&mut self, missing: &Path) {
         if self.files.len() == 1 && self.files[0] == self.dir {
             return; // a single image: wait for it
@@ -316,6 +318,27 @@ mod tests {
             .map(|l| l.rsplit('/').next().unwrap())
             .collect();
         assert_eq!(names, ["bb.png", "c.png", "a.png", "bb.png"]);
+    }
+
+    #[test]
+    fn a_loop_picks_up_new_files_on_its_next_pass() {
+        let tmp = dir();
+        let d = tmp.path();
+        RgbImage::from_pixel(4, 4, Rgb([5, 5, 5]))
+            .save(d.join("a.png"))
+            .unwrap();
+        let mut s = ImageSequence::open(d, true, None).unwrap();
+        assert!(s.next_frame().unwrap().is_some());
+        RgbImage::from_pixel(4, 4, Rgb([6, 6, 6]))
+            .save(d.join("b.png"))
+            .unwrap();
+        let names: Vec<String> = (0..3)
+            .map(|_| s.next_frame().unwrap().unwrap().label.unwrap())
+            .collect();
+        assert!(
+            names[0].ends_with("a.png") && names[1].ends_with("b.png"),
+            "{names:?}"
+        );
     }
 
     #[test]
