@@ -89,7 +89,7 @@ fn check_complete(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// The tensor data of a safetensors file: everything after the 8-byte length and the header.
-/// `bytes` must have passed [`check_complete`] or a safetensors parse.
+/// `bytes` must have passed a safetensors header parse.
 fn data_section(bytes: &[u8]) -> &[u8] {
     let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
     &bytes[8 + n..]
@@ -121,11 +121,7 @@ pub(crate) fn serialize_with_checksum<V: safetensors::View + Clone>(
 
 /// Check the tensor data against [`CHECKSUM_KEY`] (removed from `info`); a file without one
 /// (written before it existed) is accepted with a warning.
-pub(crate) fn verify_checksum(
-    path: &Path,
-    bytes: &[u8],
-    info: &mut BTreeMap<String, String>,
-) -> Result<()> {
+fn verify_checksum(path: &Path, bytes: &[u8], info: &mut BTreeMap<String, String>) -> Result<()> {
     let Some(stored) = info.remove(CHECKSUM_KEY) else {
         tracing::warn!(
             "{}: no tensor checksum (written by an older mce); damaged weights cannot be detected. \
@@ -148,7 +144,8 @@ pub(crate) fn verify_checksum(
 }
 
 /// The metadata of one of our safetensors files, after checking that its `format` is `format`
-/// and its `format_version` is `version` (both removed from the map). `what` names the expected
+/// and its `format_version` is `version`, and its tensor data against [`CHECKSUM_KEY`] (all three
+/// removed from the map). `what` names the expected
 /// kind of file in the error, e.g. "an mce checkpoint".
 pub(crate) fn read_metadata(
     path: &Path,
@@ -179,6 +176,7 @@ pub(crate) fn read_metadata(
             format!("format version {found:?}, this build reads version {version}"),
         ));
     }
+    verify_checksum(path, bytes, &mut info)?;
     Ok(info)
 }
 
@@ -187,7 +185,6 @@ pub fn read(path: &Path, device: &Device) -> Result<CheckpointFile> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     check_complete(path, &bytes)?;
     let mut info = read_metadata(path, &bytes, FORMAT, FORMAT_VERSION, "an mce checkpoint")?;
-    verify_checksum(path, &bytes, &mut info)?;
     let config_json = info
         .remove("config")
         .ok_or_else(|| ckpt_err(path, "no config in metadata"))?;

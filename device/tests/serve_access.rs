@@ -18,14 +18,7 @@ fn get(server: &Server, path: &str, host: &str, auth: Option<&str>) -> u16 {
 /// `serve` on a camera that is not there (the server comes up at once) with `extra` arguments,
 /// waited for until `/healthz` answers.
 fn start(registry: &std::path::Path, extra: &[&str]) -> Server {
-    let mut args = vec![
-        "--init",
-        "lite0",
-        "--registry",
-        registry.to_str().unwrap(),
-        "--source",
-        "v4l2:///dev/video9",
-    ];
+    let mut args = serve_support::untrained(registry, "v4l2:///dev/video9");
     args.extend_from_slice(extra);
     let server = Server::start(&args, &[]).unwrap();
     server.wait_health(Duration::from_secs(30), |v| v["status"].is_string());

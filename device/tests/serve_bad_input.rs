@@ -4,7 +4,7 @@
 
 mod serve_support;
 
-use serve_support::{bin, Server};
+use serve_support::{bin, untrained, Server};
 use std::process::Command;
 use std::time::Duration;
 
@@ -131,18 +131,7 @@ fn startup_errors_are_clear() {
 fn missing_camera_retries_and_http_errors_are_answered() {
     let dir = serve_support::tmp();
     let reg = dir.path().join("registry");
-    let server = Server::start(
-        &[
-            "--init",
-            "lite0",
-            "--registry",
-            reg.to_str().unwrap(),
-            "--source",
-            "v4l2:///dev/video9",
-        ],
-        &[],
-    )
-    .unwrap();
+    let server = Server::start(&untrained(&reg, "v4l2:///dev/video9"), &[]).unwrap();
     // 10. a missing camera: clear error, back-off, degraded health, server up.
     let h = server.wait_health(Duration::from_secs(30), |v| {
         v["source"]["state"] == "reconnecting" && v["source"]["last_error"].is_string()
@@ -188,16 +177,9 @@ fn missing_camera_retries_and_http_errors_are_answered() {
     assert_eq!(server.get("/healthz").0, 200);
 
     // 17. the port is taken -> clear error
-    let taken = fails(&[
-        "--init",
-        "lite0",
-        "--registry",
-        reg.to_str().unwrap(),
-        "--source",
-        "v4l2:///dev/video9",
-        "--http",
-        &server.addr,
-    ]);
+    let mut args = untrained(&reg, "v4l2:///dev/video9");
+    args.extend(["--http", &server.addr]);
+    let taken = fails(&args);
     assert_has(&taken, &["cannot listen on", &server.addr]);
 
     server.signal("TERM");
@@ -220,19 +202,9 @@ fn corrupt_frames_are_skipped_and_counted() {
         .save(frames.join("c.jpg"))
         .unwrap();
     let reg = dir.path().join("registry");
-    let server = Server::start(
-        &[
-            "--init",
-            "lite0",
-            "--registry",
-            reg.to_str().unwrap(),
-            "--lossless",
-            "--source",
-            frames.to_str().unwrap(),
-        ],
-        &[],
-    )
-    .unwrap();
+    let mut args = untrained(&reg, frames.to_str().unwrap());
+    args.push("--lossless");
+    let server = Server::start(&args, &[]).unwrap();
     // 18. the corrupt file is skipped with a warning and counted; the others go through.
     let h = server.wait_health(Duration::from_secs(30), |v| {
         v["source"]["state"] == "finished"
@@ -270,20 +242,7 @@ fn a_sequence_with_nothing_decodable_fails_the_source_not_the_server() {
     let reg = dir.path().join("registry");
     let source = format!("file://{}?loop=true", frames.display());
     let systemd = serve_support::FakeSystemd::listen(dir.path());
-    let env = systemd.env("400000");
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let server = Server::start(
-        &[
-            "--init",
-            "lite0",
-            "--registry",
-            reg.to_str().unwrap(),
-            "--source",
-            &source,
-        ],
-        &env,
-    )
-    .unwrap();
+    let server = Server::start(&untrained(&reg, &source), &systemd.env("400000")).unwrap();
     // 19. looping over only corrupt files stops the source with a clear error, and a failed
     // source is unhealthy: 503, and the watchdog is no longer fed (systemd restarts us).
     let h = server.wait_health(Duration::from_secs(30), |v| {
@@ -322,18 +281,7 @@ fn frames_that_vanish_for_seconds_come_back() {
     }
     let reg = dir.path().join("registry");
     let source = format!("file://{}?loop=true&fps=20", frames.display());
-    let server = Server::start(
-        &[
-            "--init",
-            "lite0",
-            "--registry",
-            reg.to_str().unwrap(),
-            "--source",
-            &source,
-        ],
-        &[],
-    )
-    .unwrap();
+    let server = Server::start(&untrained(&reg, &source), &[]).unwrap();
     server.wait_health(Duration::from_secs(30), |v| {
         v["frames"]["processed"].as_u64() >= Some(1)
     });
@@ -369,14 +317,7 @@ fn signals_while_starting_are_handled_not_fatal() {
         .save(frames.join("a.png"))
         .unwrap();
     let reg = dir.path().join("registry");
-    let args = [
-        "--init",
-        "lite0",
-        "--registry",
-        reg.to_str().unwrap(),
-        "--source",
-        frames.to_str().unwrap(),
-    ];
+    let args = untrained(&reg, frames.to_str().unwrap());
     // 21. SIGHUP while the model loads (long before the handlers exist): kept pending, then
     // handled as a reload; the process does not die of it.
     let server = Server::start_with(&args, &[], |pid| {

@@ -126,8 +126,6 @@ fn serve_end_to_end() {
     std::fs::copy(asset("8_13_s.png"), frames.join("8_13_s.png")).unwrap();
 
     let systemd = FakeSystemd::listen(dir.path());
-    let env = systemd.env("400000");
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
 
     let source = format!("file://{}?loop=true&fps=1", frames.display());
     let server = Server::start(
@@ -139,7 +137,7 @@ fn serve_end_to_end() {
             "--source",
             &source,
         ],
-        &env,
+        &systemd.env("400000"),
     )
     .unwrap();
     let health = server.wait_health(Duration::from_secs(90), |v| {

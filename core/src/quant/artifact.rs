@@ -17,8 +17,8 @@ use super::scale::{Method, QuantizedWeight};
 use super::timing::{ExecTimings, LayerTiming};
 use crate::backbone::AnyBackbone;
 use crate::checkpoint::{
-    build_model, read_metadata, serialize_with_checksum, verify_checksum, write_atomic,
-    CheckpointFile, BACKBONE_PREFIX,
+    build_model, read_metadata, serialize_with_checksum, write_atomic, CheckpointFile,
+    BACKBONE_PREFIX,
 };
 use crate::config::MceConfig;
 use crate::error::{Error, Result};
@@ -306,7 +306,6 @@ pub fn load(path: &Path, device: &Device, opts: LoadOptions) -> Result<Quantized
         FORMAT_VERSION,
         "a quantized mce artifact",
     )?;
-    verify_checksum(path, &bytes, &mut info)?;
     let config: MceConfig = serde_json::from_str(&info.remove("config").unwrap_or_default())
         .map_err(|e| err(path, format!("invalid config metadata: {e}")))?;
     config.validate().map_err(|e| err(path, e.to_string()))?;

@@ -19,6 +19,20 @@ pub fn asset(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// `serve`'s arguments for the untrained model (`--init lite0`: the frames need no trained head)
+/// on `source`, with its registry in `registry`; append more as needed.
+pub fn untrained<'a>(registry: &'a Path, source: &'a str) -> Vec<&'a str> {
+    let registry = registry.to_str().expect("a UTF-8 temporary path");
+    vec![
+        "--init",
+        "lite0",
+        "--registry",
+        registry,
+        "--source",
+        source,
+    ]
+}
+
 /// A running `mce-device serve`.
 pub struct Server {
     child: Option<Child>,
@@ -232,7 +246,8 @@ pub fn tmp() -> tempfile::TempDir {
 
 /// A fake systemd: collects the sd_notify datagrams sent to its socket.
 pub struct FakeSystemd {
-    pub socket: PathBuf,
+    /// The socket path, as `NOTIFY_SOCKET` gives it.
+    pub socket: String,
     notes: Arc<Mutex<Vec<String>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     collector: Option<std::thread::JoinHandle<()>>,
@@ -241,8 +256,8 @@ pub struct FakeSystemd {
 impl FakeSystemd {
     /// Listen on `dir/notify.sock`.
     pub fn listen(dir: &Path) -> FakeSystemd {
-        let socket = dir.join("notify.sock");
-        let sock = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+        let path = dir.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let notes = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -260,7 +275,7 @@ impl FakeSystemd {
             })
         };
         FakeSystemd {
-            socket,
+            socket: path.display().to_string(),
             notes,
             stop,
             collector: Some(collector),
@@ -268,10 +283,10 @@ impl FakeSystemd {
     }
 
     /// The environment a service under systemd with a `watchdog_usec` watchdog sees.
-    pub fn env(&self, watchdog_usec: &str) -> Vec<(String, String)> {
-        vec![
-            ("NOTIFY_SOCKET".into(), self.socket.display().to_string()),
-            ("WATCHDOG_USEC".into(), watchdog_usec.into()),
+    pub fn env<'a>(&'a self, watchdog_usec: &'a str) -> [(&'a str, &'a str); 2] {
+        [
+            ("NOTIFY_SOCKET", self.socket.as_str()),
+            ("WATCHDOG_USEC", watchdog_usec),
         ]
     }
 

@@ -37,15 +37,8 @@ pub fn open(
     if meta.is_dir() {
         Ok(Box::new(ImageSequence::open(path, looping, interval)?))
     } else {
-        Ok(Box::new(ImageSequence {
-            dir: path.to_path_buf(),
-            files: vec![path.to_path_buf()],
-            next: 0,
-            looping,
-            interval,
-            good_in_pass: 0,
-            max_pixels: MAX_FRAME_PIXELS,
-        }))
+        let one = vec![path.to_path_buf()];
+        Ok(Box::new(ImageSequence::new(path, one, looping, interval)))
     }
 }
 
@@ -77,7 +70,12 @@ impl ImageSequence {
                 dir: dir.to_path_buf(),
             });
         }
-        Ok(Self {
+        Ok(Self::new(dir, files, looping, interval))
+    }
+
+    /// `files` of `dir` (or the one file `dir` itself), from the first, at the default limit.
+    fn new(dir: &Path, files: Vec<PathBuf>, looping: bool, interval: Option<Duration>) -> Self {
+        Self {
             dir: dir.to_path_buf(),
             files,
             next: 0,
@@ -85,7 +83,7 @@ impl ImageSequence {
             interval,
             good_in_pass: 0,
             max_pixels: MAX_FRAME_PIXELS,
-        })
+        }
     }
 
     /// Refuse frames above `max_pixels` (counted as corrupt) instead of [`MAX_FRAME_PIXELS`].
@@ -124,7 +122,7 @@ impl FrameSource for ImageSequence {
                     dir: self.dir.clone(),
                 });
             }
-            self.relist(Path::new(""));
+            self.relist();
             self.next = 0;
             self.good_in_pass = 0;
         }
@@ -140,8 +138,9 @@ impl FrameSource for ImageSequence {
             }
             Err(mce_core::Error::Io { error, .. }) => {
                 // Not the frame's fault: ask again for the same one after the back-off.
-                if error.kind() == std::io::ErrorKind::NotFound {
-                    self.relist(&path);
+                if error.kind() == std::io::ErrorKind::NotFound && self.relist() {
+                    // Go on from the first image that sorts after the vanished one.
+                    self.next = self.files.partition_point(|f| *f < path);
                 }
                 Err(SourceError::Unavailable { path, error })
             }
@@ -166,19 +165,19 @@ impl FrameSource for ImageSequence {
 }
 
 impl ImageSequence {
-    /// List the directory again (each new pass of a loop, and when `missing` vanished) and go on
-    /// from the first image that sorts after `missing`. An unreadable or image-less directory
-    /// keeps the old list (they may come back).
-    fn relist(&mut self, missing: &Path) {
+    /// List the directory again (each new pass of a loop, and when a file vanished); returns
+    /// whether the list was replaced. An unreadable or image-less directory keeps the old list
+    /// (its images may come back), and so does a single-image source (it waits for its file).
+    fn relist(&mut self) -> bool {
         if self.files.len() == 1 && self.files[0] == self.dir {
-            return; // a single image: wait for it
+            return false;
         }
         match list_images(&self.dir) {
             Ok(files) if !files.is_empty() => {
-                self.next = files.partition_point(|f| f.as_path() < missing);
                 self.files = files;
+                true
             }
-            _ => {}
+            _ => false,
         }
     }
 }
