@@ -7,8 +7,8 @@
 //! register: image + mask ─▶ validate ─▶ backbone features ─▶ registry (atomic files + index.json)
 //! serve:    source (v4l2 / file) ─▶ latest-frame slot (stale frames dropped) ─▶ inference worker
 //!           (backbone once per frame, MCE head per class, cached exemplar features from the
-//!           registry) ─▶ overlay + results ─▶ HTTP (/healthz /metrics /classes /frame.jpg
-//!           /stream.mjpg /results)
+//!           registry) ─▶ overlay + legend + results ─▶ HTTP (/ /healthz /metrics /classes
+//!           /frame.jpg /stream.mjpg /results)
 //! ```
 //!
 //! Modules: [`registry`] (crash-safe exemplar store), [`service`] (sources, pipeline, HTTP, systemd
@@ -31,7 +31,7 @@ Example: teach it a class from one photo and its mask, then segment camera frame
   mce-device list
   mce-device segment --support mug.jpg:mug_mask.png --query desk.jpg --out desk_mug.png
   mce-device serve --source v4l2:///dev/video0 --http 127.0.0.1:8080
-  curl -s 127.0.0.1:8080/healthz; open http://127.0.0.1:8080/stream.mjpg in a browser
+  curl -s 127.0.0.1:8080/healthz; open http://127.0.0.1:8080/ in a browser
 
 The registry lives in $STATE_DIRECTORY, /var/lib/mce as root, else ~/.local/share/mce
 (--registry DIR to choose).

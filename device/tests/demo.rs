@@ -57,6 +57,13 @@ fn demo_writes_consistent_overlays_and_summary() {
         )
         .unwrap();
         assert_eq!((img.width(), img.height()), (src.width(), src.height()));
+        // The legend in the corner: one swatch per class in the classes' colours (scale 1 below
+        // 480 px: rows 10 px apart from y = 2, swatches at x 2..10).
+        let img = img.to_rgb8();
+        for (row, colour) in mce_device::overlay::PALETTE.iter().take(3).enumerate() {
+            let y = 2 + 10 * row as u32 + 4;
+            assert_eq!(&img.get_pixel(5, y).0, colour, "{name}: legend row {row}");
+        }
         let iou = f["iou"]
             .as_f64()
             .expect("every class is registered: an IoU");
@@ -91,4 +98,50 @@ fn demo_writes_consistent_overlays_and_summary() {
     assert!((mean - ious.iter().sum::<f64>() / 3.0).abs() < 1e-9);
     assert!(summary["frames_per_second"].as_f64().unwrap() > 0.0);
     println!("demo: mean IoU {mean:.3}, per frame {ious:?}, trained model: {trained}");
+}
+
+/// `--no-legend`: the overlay's corner is the frame (or the frame blended with a class colour).
+#[test]
+fn demo_without_legend_leaves_the_corner_to_the_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mce-device"));
+    cmd.args([
+        "demo",
+        "--classes",
+        "1",
+        "--frames",
+        "1",
+        "--no-legend",
+        "--out",
+    ])
+    .arg(&out)
+    .env("NO_COLOR", "1");
+    if !mce_device::model::default_model_path().exists() {
+        cmd.args(["--init", "lite0"]);
+    }
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let f = &summary["frames"][0];
+    let img = image::open(out.join(f["overlay"].as_str().unwrap()))
+        .unwrap()
+        .to_rgb8();
+    let name = f["frame"].as_str().unwrap();
+    let src = image::open(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../assets/msrc/{name}.png")),
+    )
+    .unwrap()
+    .to_rgb8();
+    let colour = mce_device::overlay::PALETTE[0];
+    for (x, y) in [(5, 6), (5, 16), (40, 5)] {
+        let (o, s) = (img.get_pixel(x, y).0, src.get_pixel(x, y).0);
+        let blended: [u8; 3] =
+            std::array::from_fn(|i| ((s[i] as u16 + colour[i] as u16) / 2) as u8);
+        assert!(
+            o == s || o == blended,
+            "({x},{y}): {o:?} is neither {s:?} nor {blended:?}"
+        );
+    }
 }

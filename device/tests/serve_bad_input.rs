@@ -42,11 +42,11 @@ fn startup_errors_are_clear() {
     let missing = dir.path().join("no-such-dir");
     let missing = missing.to_str().unwrap();
     let file_src = format!("file://{e}");
-    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+    let mut cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
         // 1. unknown scheme
         (
-            vec!["--init", "lite0", "--source", "rtsp://camera/1"],
-            vec!["unsupported scheme \"rtsp\""],
+            vec!["--init", "lite0", "--source", "http://camera/1"],
+            vec!["unsupported scheme \"http\""],
         ),
         // 2. missing directory
         (
@@ -121,6 +121,13 @@ fn startup_errors_are_clear() {
             vec!["--jpeg-quality"],
         ),
     ];
+    if cfg!(not(feature = "gstreamer")) {
+        // 10. a GStreamer source in a build without it: says how to get it
+        cases.push((
+            vec!["--init", "lite0", "--source", "csi://0"],
+            vec!["CSI camera 0", "--features gstreamer"],
+        ));
+    }
     for (args, want) in cases {
         let stderr = fails(&args);
         assert_has(&stderr, &want);

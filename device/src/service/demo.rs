@@ -12,7 +12,7 @@ use super::pipeline::{Pipeline, PipelineOptions};
 use super::registry_classes::RegistryClasses;
 use super::source::file::ImageSequence;
 use super::state::SourceState;
-use super::worker::{Engine, FrameOutput};
+use super::worker::{Engine, FrameOutput, Render};
 use crate::model::ModelArgs;
 use crate::registry::{ExemplarInput, RegisterOptions, Registry};
 use anyhow::{bail, Context, Result};
@@ -48,6 +48,9 @@ pub struct DemoArgs {
     /// The bundled samples (default: assets/msrc of this source tree).
     #[arg(long, hide = true)]
     pub assets: Option<PathBuf>,
+    /// Leave the legend (class colours, names, areas) out of the overlay PNGs.
+    #[arg(long)]
+    pub no_legend: bool,
 }
 
 /// One frame of the demo.
@@ -224,6 +227,10 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let sequence = ImageSequence::open(&frame_dir, false, None)?;
     let options = PipelineOptions {
         lossless: true,
+        render: Render {
+            legend: !args.no_legend,
+            ..Render::default()
+        },
         ..PipelineOptions::default()
     };
     let start = Instant::now();

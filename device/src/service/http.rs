@@ -2,6 +2,7 @@
 //!
 //! | route | answer |
 //! |---|---|
+//! | `GET /` | the page to look at (`page.html`, self-contained): the stream, a legend of the classes with their colours and areas, frames/s, per-stage latency, health, the last results |
 //! | `GET /healthz` | 200 JSON: status, the model's head kind, source state, frame counts (503 when unhealthy: inference failing, the source failed, finished with nothing or stalled) |
 //! | `GET /metrics` | Prometheus / OpenMetrics text |
 //! | `GET /classes` | JSON list of classes (name, exemplars, overlay colour) |
@@ -42,6 +43,7 @@ pub struct AppState {
 /// The service's routes, behind the access rules ([`Access`]: Host check, token).
 pub fn router(state: AppState, access: Arc<Access>) -> Router {
     Router::new()
+        .route("/", get(page))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/classes", get(classes))
@@ -62,7 +64,7 @@ async fn not_found(uri: Uri) -> Response {
     error(
         StatusCode::NOT_FOUND,
         format!(
-            "no route {}; try /healthz, /metrics, /classes, /frame.jpg, /stream.mjpg, /results",
+            "no route {}; try /, /healthz, /metrics, /classes, /frame.jpg, /stream.mjpg, /results",
             uri.path()
         ),
     )
@@ -79,6 +81,17 @@ async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> Response {
     r.headers_mut()
         .insert(header::ALLOW, header::HeaderValue::from_static("GET,HEAD"));
     r
+}
+
+/// The page at `/`, compiled into the binary.
+const PAGE: &str = include_str!("page.html");
+
+async fn page() -> Response {
+    (
+        [(header::CACHE_CONTROL, "no-cache")],
+        axum::response::Html(PAGE),
+    )
+        .into_response()
 }
 
 async fn healthz(State(s): State<AppState>) -> Response {

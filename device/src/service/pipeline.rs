@@ -19,7 +19,7 @@ use super::notify::Notifier;
 use super::slot::SlotStats;
 use super::source::FrameSource;
 use super::state::Shared;
-use super::worker::{self, Engine, FrameOutput};
+use super::worker::{self, Engine, FrameOutput, Render};
 use serde::Serialize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -27,24 +27,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 
 /// Pipeline settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PipelineOptions {
     /// Never drop frames: capture waits for inference (file batches, the demo).
     pub lossless: bool,
-    /// Quality of the overlay JPEG (1–100).
-    pub jpeg_quality: u8,
+    /// Overlay drawing and JPEG quality.
+    pub render: Render,
     /// Reconnect back-off for cameras.
     pub backoff: Backoff,
-}
-
-impl Default for PipelineOptions {
-    fn default() -> Self {
-        Self {
-            lossless: false,
-            jpeg_quality: 80,
-            backoff: Backoff::default(),
-        }
-    }
 }
 
 /// Frame counts at shutdown.
@@ -96,10 +86,10 @@ impl Pipeline {
         let (latest_tx, latest) = watch::channel(None);
         let (all, first) = broadcast::channel(16);
         let worker = {
-            let (shared, all, q) = (shared.clone(), all.clone(), options.jpeg_quality);
+            let (shared, all, render) = (shared.clone(), all.clone(), options.render);
             std::thread::Builder::new()
                 .name("mce-inference".into())
-                .spawn(move || worker::run(engine, shared, latest_tx, all, notifier, q))?
+                .spawn(move || worker::run(engine, shared, latest_tx, all, notifier, render))?
         };
         let capture = {
             let shared = shared.clone();

@@ -12,7 +12,7 @@ use super::notify::Notifier;
 use super::pipeline::{Pipeline, PipelineOptions};
 use super::registry_classes::RegistryClasses;
 use super::source::SourceSpec;
-use super::worker::Engine;
+use super::worker::{Engine, Render};
 use crate::model::ModelArgs;
 use crate::registry::cli::RegistryDir;
 use crate::signals::Deferred;
@@ -30,7 +30,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Frame source: v4l2:///dev/videoN[?width=640&height=480&fps=15&format=mjpg|yuyv],
-    /// file:///dir/[?loop=true&fps=10], file:///image.jpg, or a plain path.
+    /// file:///dir/[?loop=true&fps=10], file:///image.jpg, or a plain path; built with the
+    /// gstreamer feature also csi://N[?width=1280&height=720&fps=30], rtsp://host/path and
+    /// file:///clip.mp4|mkv|avi|mov|webm[?loop=true].
     #[arg(long, default_value = "v4l2:///dev/video0")]
     pub source: String,
     /// Segment only these registered classes (comma-separated). Default: all of them.
@@ -61,6 +63,9 @@ pub struct ServeArgs {
     /// JPEG quality of the overlay (1-100).
     #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub jpeg_quality: u8,
+    /// Leave the legend (class colours, names, areas) out of the overlay images.
+    #[arg(long)]
+    pub no_legend: bool,
 }
 
 /// Run the service until SIGTERM / SIGINT. `signals` stay blocked (pending) until the handlers
@@ -82,7 +87,10 @@ pub fn run(args: &ServeArgs, signals: Deferred) -> Result<()> {
     let engine = Engine::new(segmenter, Box::new(classes))?;
     let options = PipelineOptions {
         lossless: args.lossless,
-        jpeg_quality: args.jpeg_quality,
+        render: Render {
+            jpeg_quality: args.jpeg_quality,
+            legend: !args.no_legend,
+        },
         ..PipelineOptions::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

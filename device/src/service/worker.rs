@@ -1,6 +1,6 @@
 //! The inference thread: take the newest frame, segment it against every class (backbone and
-//! query encoding once, MCE head per class), combine the classes, draw the overlay, encode JPEG
-//! and JSON, publish (`process` and its steps). Between frames it reloads the classes when asked
+//! query encoding once, MCE head per class), combine the classes, draw the overlay and its
+//! legend ([`Render`]), encode JPEG and JSON, publish (`process` and its steps). Between frames it reloads the classes when asked
 //! (SIGHUP) and feeds the systemd watchdog while the service is not unhealthy
 //! ([`Shared::health`]); after `UNHEALTHY_AFTER` (5) failed frames in a row inference is
 //! unhealthy (`/healthz` 503, no more watchdog pings) until one succeeds.
@@ -25,6 +25,24 @@ use tokio::sync::{broadcast, watch};
 const UNHEALTHY_AFTER: u32 = 5;
 /// How long the worker waits for a frame before looking at its flags again.
 const POLL: Duration = Duration::from_millis(100);
+
+/// How overlays are drawn and encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Render {
+    /// Quality of the overlay JPEG (1–100).
+    pub jpeg_quality: u8,
+    /// Draw the classes' legend ([`overlay::legend`]) into the overlay's top-left corner.
+    pub legend: bool,
+}
+
+impl Default for Render {
+    fn default() -> Self {
+        Self {
+            jpeg_quality: 80,
+            legend: true,
+        }
+    }
+}
 
 /// The model and its classes, owned by the inference thread.
 pub struct Engine {
@@ -100,7 +118,7 @@ fn process(
     engine: &Engine,
     shared: &Shared,
     mut frame: Frame,
-    jpeg_quality: u8,
+    render: Render,
 ) -> Result<FrameOutput> {
     let start = Instant::now();
     let queue = start.saturating_duration_since(frame.captured);
@@ -111,7 +129,10 @@ fn process(
     let t = Instant::now();
     let mut image = std::mem::take(&mut frame.image);
     let (labels, classes) = combine_and_draw(engine, shared, &maps, &mut image);
-    let jpeg = encode_jpeg(&image, jpeg_quality)?;
+    if render.legend {
+        draw_legend(&mut image, &classes);
+    }
+    let jpeg = encode_jpeg(&image, render.jpeg_quality)?;
     let size = (labels.width, labels.height);
     let mut results = frame_results(engine, frame, size, queue, inference, classes);
     let encode = t.elapsed();
@@ -171,6 +192,21 @@ fn combine_and_draw(
         classes.push(r);
     }
     (labels, classes)
+}
+
+/// Every class's colour, name and area in the overlay's corner (also those with no pixels, so
+/// that the colours stay where they were).
+fn draw_legend(image: &mut RgbImage, classes: &[ClassResult]) {
+    let entries: Vec<_> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| overlay::legend::LegendEntry {
+            name: &c.name,
+            colour: overlay::PALETTE[i % overlay::PALETTE.len()],
+            area: c.area,
+        })
+        .collect();
+    overlay::legend::draw(image, &entries);
 }
 
 /// The overlay as JPEG of the given quality.
@@ -261,7 +297,7 @@ pub fn run(
     latest: watch::Sender<Option<Arc<FrameOutput>>>,
     all: broadcast::Sender<Arc<FrameOutput>>,
     notifier: Arc<Notifier>,
-    jpeg_quality: u8,
+    render: Render,
 ) {
     let mut failures = 0u32;
     let mut health = Health::Ok;
@@ -284,7 +320,7 @@ pub fn run(
             continue;
         };
         let index = frame.index;
-        match process(&engine, &shared, frame, jpeg_quality) {
+        match process(&engine, &shared, frame, render) {
             Ok(out) => {
                 failures = 0;
                 publish(&shared, &latest, &all, out);

@@ -1,4 +1,6 @@
-//! Drawing results on frames: binary mask images and coloured overlays.
+//! Drawing results on frames: binary mask images, coloured overlays and their [`legend`].
+
+pub mod legend;
 
 use image::{GrayImage, Luma, Rgb, RgbImage};
 
