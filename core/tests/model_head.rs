@@ -319,3 +319,55 @@ fn matching_head_starts_as_the_matching_rule() -> Result<()> {
     assert!(max_abs_diff(&x.tensor()?.narrow(1, c - 1, 1)?, &(expected / 6.0)?)? < 1e-6);
     Ok(())
 }
+
+/// MCE with matching: a fresh head is the nearest-neighbour rule (fg − bg = 6 · joint prior),
+/// its decoder sees every part of the paper head plus the priors, and its priors are the matching
+/// head's, matched over all K shots at once.
+#[test]
+fn cross_matching_head_is_the_paper_head_plus_the_rule() -> Result<()> {
+    let cfg = small(Branches::Both).with_head(HeadKind::CrossMatching);
+    let (vm, m) = head(&cfg)?;
+    let names: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();
+    for want in [
+        "down_query.0.weight",
+        "cross.merge.weight",
+        "decoder.prior_skip.weight",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+    let s = cfg.image_size;
+    let q_feats = features(&cfg, 2, 1.0)?;
+    let shots = [
+        (features(&cfg, 2, 5.0)?, block_mask(2, s, 8, 40)?),
+        (features(&cfg, 2, 9.0)?, block_mask(2, s, 24, 56)?),
+    ];
+    let q = m.encode_query(&q_feats, Mode::Eval)?;
+    let enc = shots
+        .iter()
+        .map(|(f, mask)| m.encode_support(f, mask, Mode::Eval))
+        .collect::<Result<Vec<_>>>()?;
+    let x = m.decoder_input(&q, &enc)?;
+    assert!(x.query.is_some() && x.prototype.is_some() && x.cross.is_some());
+    assert!(x.similarity.is_some());
+    assert_eq!(x.tensor()?.dim(1)?, cfg.decoder_in());
+    // the priors are exactly the matching head's on the same features and shots
+    let matching = small_matching();
+    let (_, mm) = head(&matching)?;
+    let mq = mm.encode_query(&q_feats, Mode::Eval)?;
+    let menc = shots
+        .iter()
+        .map(|(f, mask)| mm.encode_support(f, mask, Mode::Eval))
+        .collect::<Result<Vec<_>>>()?;
+    let (p, mp) = (
+        x.priors.as_ref().unwrap(),
+        mm.decoder_input(&mq, &menc)?.priors.unwrap(),
+    );
+    assert!(max_abs_diff(&p.joint, &mp.joint)? < 1e-6);
+    assert!(max_abs_diff(&p.levels, &mp.levels)? < 1e-6);
+    let logits = m.decode_input(&x)?;
+    let margin = (logits.narrow(1, 1, 1)? - logits.narrow(1, 0, 1)?)?;
+    let expected = (&p.joint * 6.0)?;
+    assert!(max_abs_diff(&margin, &expected)? < 1e-5);
+    assert!(expected.abs()?.max_all()?.to_scalar::<f32>()? > 1e-2);
+    Ok(())
+}

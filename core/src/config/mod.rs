@@ -117,12 +117,25 @@ pub struct MatchingConfig {
     pub similarity: SimilarityReduce,
 }
 
+/// Not in the paper: the paper's MCE head (every part of [`PaperConfig`]: f_Q, V_s, the masked
+/// cross-image encoding, A_sim) whose decoder also sees the nearest-neighbour priors matched over
+/// all K shots at once, with the matching head's prior skip and a zero-initialised classifier, so
+/// the untrained head is the nearest-neighbour rule and training adds what the cross-image
+/// encoding sees.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrossMatchingConfig {
+    /// The MCE part, exactly the paper head's config (its ablation must be `none`).
+    #[serde(flatten)]
+    pub mce: PaperConfig,
+}
+
 /// The head on top of the frozen backbone: one complete config per head.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum HeadConfig {
     Paper(PaperConfig),
     Matching(MatchingConfig),
+    CrossMatching(CrossMatchingConfig),
 }
 
 /// The names of the heads, for command lines, logs and `/healthz`.
@@ -131,6 +144,7 @@ pub enum HeadConfig {
 pub enum HeadKind {
     Paper,
     Matching,
+    CrossMatching,
 }
 
 impl HeadKind {
@@ -138,6 +152,7 @@ impl HeadKind {
         match self {
             HeadKind::Paper => "paper",
             HeadKind::Matching => "matching",
+            HeadKind::CrossMatching => "cross_matching",
         }
     }
 
@@ -147,6 +162,9 @@ impl HeadKind {
             HeadKind::Paper => "the paper's MCE head: cat(f_Q, V_s, f_cross, A_sim) -> ASPP",
             HeadKind::Matching => {
                 "class-agnostic matching head: cat(A_sim, nearest-neighbour priors) -> ASPP + prior skip"
+            }
+            HeadKind::CrossMatching => {
+                "MCE with matching: cat(f_Q, V_s, f_cross, A_sim, nearest-neighbour priors) -> ASPP + prior skip"
             }
         }
     }
@@ -207,11 +225,29 @@ impl MatchingConfig {
     }
 }
 
+impl CrossMatchingConfig {
+    /// Channels of `cat(f_Q, V_s, f_cross, A_sim, prior_2, prior_3, prior_4, prior_joint)`.
+    pub fn decoder_in(&self) -> usize {
+        self.mce.decoder_in() + crate::model::matching::PRIOR_CHANNELS
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.mce.ablation != PaperAblation::None {
+            return Err(Error::Config(format!(
+                "the cross_matching head has no ablations (got {:?})",
+                self.mce.ablation
+            )));
+        }
+        self.mce.validate()
+    }
+}
+
 impl HeadConfig {
     pub fn kind(&self) -> HeadKind {
         match self {
             HeadConfig::Paper(_) => HeadKind::Paper,
             HeadConfig::Matching(_) => HeadKind::Matching,
+            HeadConfig::CrossMatching(_) => HeadKind::CrossMatching,
         }
     }
 
@@ -219,6 +255,7 @@ impl HeadConfig {
         match self {
             HeadConfig::Paper(c) => &c.decoder,
             HeadConfig::Matching(c) => &c.decoder,
+            HeadConfig::CrossMatching(c) => &c.mce.decoder,
         }
     }
 
@@ -227,6 +264,16 @@ impl HeadConfig {
         match self {
             HeadConfig::Paper(c) => c.decoder_in(),
             HeadConfig::Matching(c) => c.decoder_in(),
+            HeadConfig::CrossMatching(c) => c.decoder_in(),
+        }
+    }
+
+    /// The similarity reduction of A_sim.
+    fn similarity(&self) -> SimilarityReduce {
+        match self {
+            HeadConfig::Paper(c) => c.similarity,
+            HeadConfig::Matching(c) => c.similarity,
+            HeadConfig::CrossMatching(c) => c.mce.similarity,
         }
     }
 }
@@ -338,23 +385,28 @@ impl MceConfig {
     /// and similarity reduction (the paper head's other widths from the preset of this backbone).
     pub fn with_head(self, kind: HeadKind) -> Self {
         let decoder = *self.head.decoder();
-        let similarity = match &self.head {
-            HeadConfig::Paper(c) => c.similarity,
-            HeadConfig::Matching(c) => c.similarity,
+        let similarity = self.head.similarity();
+        let mce = || match &self.head {
+            HeadConfig::Paper(c) => c.clone(),
+            HeadConfig::CrossMatching(c) => c.mce.clone(),
+            HeadConfig::Matching(_) => match Self::for_backbone(self.backbone).head {
+                HeadConfig::Paper(c) => PaperConfig {
+                    decoder,
+                    similarity,
+                    ..c
+                },
+                _ => unreachable!("every preset has the paper head"),
+            },
         };
-        let head = match (kind, self.head) {
-            (HeadKind::Paper, HeadConfig::Paper(c)) => HeadConfig::Paper(c),
-            (HeadKind::Paper, HeadConfig::Matching(_)) => {
-                match Self::for_backbone(self.backbone).head {
-                    HeadConfig::Paper(c) => HeadConfig::Paper(PaperConfig {
-                        decoder,
-                        similarity,
-                        ..c
-                    }),
-                    other => other,
-                }
-            }
-            (HeadKind::Matching, _) => HeadConfig::Matching(MatchingConfig {
+        let head = match kind {
+            HeadKind::Paper => HeadConfig::Paper(mce()),
+            HeadKind::CrossMatching => HeadConfig::CrossMatching(CrossMatchingConfig {
+                mce: PaperConfig {
+                    ablation: PaperAblation::None,
+                    ..mce()
+                },
+            }),
+            HeadKind::Matching => HeadConfig::Matching(MatchingConfig {
                 decoder,
                 similarity,
             }),
@@ -370,18 +422,20 @@ impl MceConfig {
         }
     }
 
-    /// The paper head's config, if this is the paper head.
+    /// The MCE part's config: the paper head's, or the cross-matching head's MCE part.
     pub fn paper(&self) -> Option<&PaperConfig> {
         match &self.head {
             HeadConfig::Paper(c) => Some(c),
+            HeadConfig::CrossMatching(c) => Some(&c.mce),
             HeadConfig::Matching(_) => None,
         }
     }
 
-    /// The paper head's config to edit, if this is the paper head.
+    /// The MCE part's config to edit (see [`MceConfig::paper`]).
     pub fn paper_mut(&mut self) -> Option<&mut PaperConfig> {
         match &mut self.head {
             HeadConfig::Paper(c) => Some(c),
+            HeadConfig::CrossMatching(c) => Some(&mut c.mce),
             HeadConfig::Matching(_) => None,
         }
     }
@@ -396,6 +450,7 @@ impl MceConfig {
         }
         match &self.head {
             HeadConfig::Paper(c) => c.validate(),
+            HeadConfig::CrossMatching(c) => c.validate(),
             HeadConfig::Matching(_) => Ok(()),
         }
     }
@@ -432,6 +487,7 @@ mod tests {
             MceConfig::paper_resnet50(),
             MceConfig::edge_lite0(),
             MceConfig::edge_lite0().with_head(HeadKind::Matching),
+            MceConfig::edge_lite0().with_head(HeadKind::CrossMatching),
         ] {
             cfg.validate().unwrap();
             let json = serde_json::to_string(&cfg).unwrap();
@@ -448,6 +504,23 @@ mod tests {
         let matching = edge.clone().with_head(HeadKind::Matching);
         assert_eq!(matching.decoder_in(), 5);
         assert_eq!(matching.with_head(HeadKind::Paper), edge);
+        // the cross-matching head is the paper head plus four prior channels, and goes back
+        let cross = edge.clone().with_head(HeadKind::CrossMatching);
+        assert_eq!(cross.decoder_in(), edge.decoder_in() + 4);
+        assert_eq!(cross.paper(), edge.paper());
+        assert_eq!(cross.with_head(HeadKind::Paper), edge);
+    }
+
+    #[test]
+    fn the_cross_matching_head_is_flat_json_and_has_no_ablation() {
+        let cfg = MceConfig::edge_lite0().with_head(HeadKind::CrossMatching);
+        let json = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(json["head"]["kind"], "cross_matching");
+        assert_eq!(json["head"]["d_model"], 128);
+        let mut bad = cfg;
+        bad.paper_mut().unwrap().ablation = PaperAblation::WithoutCrossMap;
+        let e = bad.validate().unwrap_err();
+        assert!(e.to_string().contains("no ablations"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! |---|---|---|---|
 //! | [`Head::Paper`] | [`paper`] | `cat(f_Q, V_s, f_cross, A_sim)` (MCE_PAPER.md, Fig. 2) | averaged |
 //! | [`Head::Matching`] | [`matching_head`] | `cat(A_sim, nearest-neighbour priors)`, plus a prior skip | matched jointly |
+//! | [`Head::CrossMatching`] | [`cross_matching`] | `cat(f_Q, V_s, f_cross, A_sim, priors)`, plus a prior skip | averaged, priors matched jointly |
 //!
 //! ```text
 //! support Features + mask ─ encode_support ─▶ SupportEncoding   (once per exemplar)
@@ -19,6 +20,7 @@
 
 pub mod conv;
 pub mod cross_encoding;
+pub mod cross_matching;
 pub mod decoder;
 pub mod init;
 pub mod loss;
@@ -34,6 +36,7 @@ use crate::ops::resize_bilinear;
 use crate::quant::QuantVarBuilder;
 use candle_core::{Result, Tensor};
 use cross_encoding::CrossEncoding;
+use cross_matching::{CrossMatchingHead, CrossMatchingQuery, CrossMatchingSupport};
 use decoder::DecoderInput;
 use matching_head::{MatchingHead, MatchingQuery, MatchingSupport};
 use paper::{PaperHead, PaperQuery, PaperSupport};
@@ -66,6 +69,7 @@ impl Mode {
 pub enum Head {
     Paper(PaperHead),
     Matching(MatchingHead),
+    CrossMatching(CrossMatchingHead),
 }
 
 /// Everything a head needs from one support image (one shot), batched over episodes.
@@ -73,6 +77,7 @@ pub enum Head {
 pub enum SupportEncoding {
     Paper(PaperSupport),
     Matching(MatchingSupport),
+    CrossMatching(CrossMatchingSupport),
 }
 
 /// Everything a head needs from one query image, shared by all classes segmented in it.
@@ -80,6 +85,7 @@ pub enum SupportEncoding {
 pub enum QueryEncoding {
     Paper(PaperQuery),
     Matching(MatchingQuery),
+    CrossMatching(CrossMatchingQuery),
 }
 
 /// An MCE model's head on top of a frozen backbone.
@@ -91,6 +97,18 @@ pub struct Mce {
 
 fn mismatch(what: &str, head: HeadKind) -> candle_core::Error {
     candle_core::Error::Msg(format!("{what} was not made by a {head} head"))
+}
+
+/// Every shot's encoding as the head's own type, or a mismatch error.
+fn shots_of<'a, T>(
+    shots: &'a [SupportEncoding],
+    kind: HeadKind,
+    pick: impl Fn(&'a SupportEncoding) -> Option<&'a T>,
+) -> Result<Vec<&'a T>> {
+    shots
+        .iter()
+        .map(|s| pick(s).ok_or_else(|| mismatch("a support encoding", kind)))
+        .collect()
 }
 
 impl Mce {
@@ -105,6 +123,9 @@ impl Mce {
         let head = match &config.head {
             HeadConfig::Paper(c) => Head::Paper(PaperHead::new(c, config.backbone, vb)?),
             HeadConfig::Matching(c) => Head::Matching(MatchingHead::new(c, vb)?),
+            HeadConfig::CrossMatching(c) => {
+                Head::CrossMatching(CrossMatchingHead::new(c, config.backbone, vb)?)
+            }
         };
         Ok(Self {
             config: config.clone(),
@@ -128,6 +149,7 @@ impl Mce {
     pub fn cross_encoding(&self) -> Option<&CrossEncoding> {
         match &self.head {
             Head::Paper(h) => h.cross_encoding(),
+            Head::CrossMatching(h) => h.mce().cross_encoding(),
             Head::Matching(_) => None,
         }
     }
@@ -160,6 +182,9 @@ impl Mce {
         Ok(match &self.head {
             Head::Paper(h) => SupportEncoding::Paper(h.encode_support(feats, mask, mode)?),
             Head::Matching(h) => SupportEncoding::Matching(h.encode_support(feats, mask)?),
+            Head::CrossMatching(h) => {
+                SupportEncoding::CrossMatching(h.encode_support(feats, mask, mode)?)
+            }
         })
     }
 
@@ -168,6 +193,7 @@ impl Mce {
         Ok(match &self.head {
             Head::Paper(h) => QueryEncoding::Paper(h.encode_query(feats, mode)?),
             Head::Matching(h) => QueryEncoding::Matching(h.encode_query(feats)?),
+            Head::CrossMatching(h) => QueryEncoding::CrossMatching(h.encode_query(feats, mode)?),
         })
     }
 
@@ -183,23 +209,24 @@ impl Mce {
         let kind = self.kind();
         match (&self.head, query) {
             (Head::Paper(h), QueryEncoding::Paper(q)) => {
-                let s = shots
-                    .iter()
-                    .map(|s| match s {
-                        SupportEncoding::Paper(s) => Ok(s),
-                        _ => Err(mismatch("a support encoding", kind)),
-                    })
-                    .collect::<Result<Vec<_>>>()?;
+                let s = shots_of(shots, kind, |s| match s {
+                    SupportEncoding::Paper(s) => Some(s),
+                    _ => None,
+                })?;
                 h.decoder_input(q, &s)
             }
             (Head::Matching(h), QueryEncoding::Matching(q)) => {
-                let s = shots
-                    .iter()
-                    .map(|s| match s {
-                        SupportEncoding::Matching(s) => Ok(s),
-                        _ => Err(mismatch("a support encoding", kind)),
-                    })
-                    .collect::<Result<Vec<_>>>()?;
+                let s = shots_of(shots, kind, |s| match s {
+                    SupportEncoding::Matching(s) => Some(s),
+                    _ => None,
+                })?;
+                h.decoder_input(q, &s)
+            }
+            (Head::CrossMatching(h), QueryEncoding::CrossMatching(q)) => {
+                let s = shots_of(shots, kind, |s| match s {
+                    SupportEncoding::CrossMatching(s) => Some(s),
+                    _ => None,
+                })?;
                 h.decoder_input(q, &s)
             }
             _ => Err(mismatch("the query encoding", kind)),
@@ -211,6 +238,7 @@ impl Mce {
         match &self.head {
             Head::Paper(h) => h.decode_input(input),
             Head::Matching(h) => h.decode_input(input),
+            Head::CrossMatching(h) => h.decode_input(input),
         }
     }
 

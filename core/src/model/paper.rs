@@ -59,6 +59,18 @@ pub struct PaperHead {
 
 impl PaperHead {
     pub fn new(cfg: &PaperConfig, backbone: BackboneKind, vb: QuantVarBuilder) -> Result<Self> {
+        Self::with_decoder(cfg, backbone, cfg.decoder_in(), Classifier::Default, vb)
+    }
+
+    /// The same head with a decoder for `decoder_in` input channels, for heads that add parts to
+    /// the decoder input ([`super::cross_matching`]).
+    pub(super) fn with_decoder(
+        cfg: &PaperConfig,
+        backbone: BackboneKind,
+        decoder_in: usize,
+        classifier: Classifier,
+        vb: QuantVarBuilder,
+    ) -> Result<Self> {
         let channels = backbone.channels();
         let [c2, c3, _] = channels;
         let down = |name: &str| {
@@ -72,12 +84,7 @@ impl PaperHead {
                 .has_cross()
                 .then(|| CrossEncoding::new(cfg, channels, vb.pp("cross")))
                 .transpose()?,
-            decoder: Decoder::new(
-                &cfg.decoder,
-                cfg.decoder_in(),
-                Classifier::Default,
-                vb.pp("decoder"),
-            )?,
+            decoder: Decoder::new(&cfg.decoder, decoder_in, classifier, vb.pp("decoder"))?,
         })
     }
 

@@ -38,6 +38,9 @@ pub enum HeadArg {
     Paper,
     /// The class-agnostic matching head: cat(A_sim, nearest-neighbour priors) plus a prior skip.
     Matching,
+    /// MCE with matching: the paper's head whose decoder also sees the nearest-neighbour priors
+    /// (matched over all shots at once), plus a prior skip; starts as the nearest-neighbour rule.
+    CrossMatching,
 }
 
 impl From<HeadArg> for HeadKind {
@@ -45,6 +48,7 @@ impl From<HeadArg> for HeadKind {
         match h {
             HeadArg::Paper => HeadKind::Paper,
             HeadArg::Matching => HeadKind::Matching,
+            HeadArg::CrossMatching => HeadKind::CrossMatching,
         }
     }
 }
