@@ -32,6 +32,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
+// The bench's mask is the golden example's box (as `tests/head_parity.rs` uses it).
+#[path = "golden_logits.rs"]
+#[allow(dead_code)]
+mod golden;
+
 // As the device and trainer binaries: big short-lived tensors are not page-faulted in each time.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -272,7 +277,7 @@ fn run_case(args: &Args, dev: &Device) -> Result<(Vec<f64>, BTreeMap<String, f64
         let s = cfg.image_size;
         let image = Tensor::randn(0f32, 1f32, (1, 3, s, s), dev)?;
         let sfeat = backbone.features(&Tensor::randn(0f32, 1f32, (1, 3, s, s), dev)?)?;
-        let mask = box_mask(s, dev)?;
+        let mask = golden::box_mask(s, dev)?;
         let shots = vec![head.encode_support(&sfeat, &mask, Mode::Eval)?];
         let samples = sample(runs, warmup, || frame(&backbone, &head, &image, &[&shots]))?;
         let st = match args.stages {
@@ -387,19 +392,6 @@ fn run_case(args: &Args, dev: &Device) -> Result<(Vec<f64>, BTreeMap<String, f64
         }
         other => bail!("unknown case {other:?}"),
     })
-}
-
-/// A `(1, 1, s, s)` box mask over the middle of the image.
-fn box_mask(s: usize, dev: &Device) -> Result<Tensor> {
-    let v: Vec<f32> = (0..s * s)
-        .map(|k| {
-            let (y, x) = (k / s, k % s);
-            f32::from(u8::from(
-                (s / 4..3 * s / 4).contains(&y) && (s / 5..4 * s / 5).contains(&x),
-            ))
-        })
-        .collect();
-    Ok(Tensor::from_vec(v, (1, 1, s, s), dev)?)
 }
 
 fn main() -> Result<()> {

@@ -14,7 +14,7 @@
 //! the classifier at zero the untrained head is the nearest-neighbour rule, and the decoder learns
 //! what the cross-image encoding and the features add to it.
 
-use super::decoder::{Classifier, DecoderInput, PriorSkip, Priors};
+use super::decoder::{Classifier, DecoderInput, PriorSkip};
 use super::matching::{self, SupportMatching};
 use super::paper::{PaperHead, PaperQuery, PaperSupport};
 use super::Mode;
@@ -84,11 +84,9 @@ impl CrossMatchingHead {
         mask: &Tensor,
         mode: Mode,
     ) -> Result<CrossMatchingSupport> {
-        let [m2, m3, m4, joint] = matching::matching_maps(feats)?;
-        let shot = |m: &Tensor| SupportMatching::new(m, mask);
         Ok(CrossMatchingSupport {
             mce: self.mce.encode_support(feats, mask, mode)?,
-            matching: [shot(&m2)?, shot(&m3)?, shot(&m4)?, shot(&joint)?],
+            matching: matching::support_matching(feats, mask)?,
         })
     }
 
@@ -109,15 +107,9 @@ impl CrossMatchingHead {
         let mce: Vec<&PaperSupport> = shots.iter().map(|s| &s.mce).collect();
         let input = self.mce.decoder_input(&query.mce, &mce)?;
         let g = query.mce.mid.dim(2)?;
-        let prior = |l: usize| {
-            let level: Vec<&SupportMatching> = shots.iter().map(|s| &s.matching[l]).collect();
-            matching::level_prior(&query.maps[l], &level, g)
-        };
+        let matching: Vec<_> = shots.iter().map(|s| &s.matching).collect();
         Ok(DecoderInput {
-            priors: Some(Priors {
-                levels: Tensor::cat(&[prior(0)?, prior(1)?, prior(2)?], 1)?,
-                joint: prior(3)?,
-            }),
+            priors: Some(matching::priors(&query.maps, &matching, g)?),
             ..input
         })
     }

@@ -10,6 +10,7 @@
 //!
 //! Backbone features are frozen, so the prior carries no gradient and costs one matmul per level.
 
+use super::decoder::Priors;
 use super::masks::LevelMask;
 use crate::backbone::Features;
 use crate::ops::{l2_normalize_channels, resize_bilinear};
@@ -66,6 +67,33 @@ impl SupportMatching {
             bg_bias: (keep * -EXCLUDE)?,
         })
     }
+}
+
+/// One shot's side of the priors at levels 2, 3, 4 and the joint map ([`matching_maps`]).
+pub fn support_matching(
+    feats: &Features,
+    mask: &Tensor,
+) -> Result<[SupportMatching; PRIOR_CHANNELS]> {
+    let [m2, m3, m4, joint] = matching_maps(feats)?;
+    let shot = |m: &Tensor| SupportMatching::new(m, mask);
+    Ok([shot(&m2)?, shot(&m3)?, shot(&m4)?, shot(&joint)?])
+}
+
+/// The priors of a query (its [`matching_maps`]) against K shots, matched over all shots at once,
+/// on the `g × g` grid.
+pub fn priors(
+    query: &[Tensor; PRIOR_CHANNELS],
+    shots: &[&[SupportMatching; PRIOR_CHANNELS]],
+    g: usize,
+) -> Result<Priors> {
+    let prior = |l: usize| {
+        let level: Vec<&SupportMatching> = shots.iter().map(|s| &s[l]).collect();
+        level_prior(&query[l], &level, g)
+    };
+    Ok(Priors {
+        levels: Tensor::cat(&[prior(0)?, prior(1)?, prior(2)?], 1)?,
+        joint: prior(3)?,
+    })
 }
 
 /// The prior at one level for a query and K shots, resized to the `g × g` grid: `(B, 1, g, g)`,

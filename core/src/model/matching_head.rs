@@ -12,7 +12,7 @@
 //! With the classifier at zero and `w` = 6 the untrained head is the nearest-neighbour rule; the
 //! decoder learns corrections. K shots are fused by matching over all their positions at once.
 
-use super::decoder::{Classifier, Decoder, DecoderInput, PriorSkip, Priors};
+use super::decoder::{Classifier, Decoder, DecoderInput, PriorSkip};
 use super::masks::LevelMask;
 use super::matching::{self, SupportMatching};
 use super::prototype::SupportSimilarity;
@@ -73,11 +73,9 @@ impl MatchingHead {
         let level_mask = LevelMask::new(mask, h4, w4)?;
         let similarity =
             SupportSimilarity::new(&feats.level4, &level_mask, self.config.similarity)?;
-        let [m2, m3, m4, joint] = matching::matching_maps(feats)?;
-        let shot = |m: &Tensor| SupportMatching::new(m, mask);
         Ok(MatchingSupport {
             similarity,
-            matching: [shot(&m2)?, shot(&m3)?, shot(&m4)?, shot(&joint)?],
+            matching: matching::support_matching(feats, mask)?,
         })
     }
 
@@ -101,17 +99,10 @@ impl MatchingHead {
             .map(|s| resize_bilinear(&s.similarity.similarity(&query.level4)?, g, g))
             .collect::<Result<Vec<_>>>()?;
         let sum = sims[1..].iter().try_fold(sims[0].clone(), |a, t| a + t)?;
-        let prior = |l: usize| {
-            let level: Vec<&SupportMatching> = shots.iter().map(|s| &s.matching[l]).collect();
-            matching::level_prior(&query.maps[l], &level, g)
-        };
-        let levels = Tensor::cat(&[prior(0)?, prior(1)?, prior(2)?], 1)?;
+        let matching: Vec<_> = shots.iter().map(|s| &s.matching).collect();
         Ok(DecoderInput {
             similarity: Some((sum / shots.len() as f64)?),
-            priors: Some(Priors {
-                levels,
-                joint: prior(3)?,
-            }),
+            priors: Some(matching::priors(&query.maps, &matching, g)?),
             ..Default::default()
         })
     }
