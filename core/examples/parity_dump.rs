@@ -150,9 +150,17 @@ fn dump_case(
         ("cross", &x.cross),
         ("similarity", &x.similarity),
     ];
+    let grid = x.query.as_ref().map(|q| q.dims4()).transpose()?;
     for (name, t) in parts {
+        // V_s is kept as a vector; X (and the reference) tile it over the grid.
+        let t = match (t, grid) {
+            (Some(t), Some((b, _, h, w))) if name == "prototype" => {
+                Some(t.broadcast_as((b, t.dim(1)?, h, w))?.contiguous()?)
+            }
+            (t, _) => t.clone(),
+        };
         if let Some(t) = t {
-            out.insert(format!("{case}.x.{name}"), t.clone());
+            out.insert(format!("{case}.x.{name}"), t);
         }
     }
     if let SupportEncoding::Paper(p) = &enc[0] {

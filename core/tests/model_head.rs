@@ -8,7 +8,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use mce_core::config::{Attention, Branches, HeadKind, MceConfig};
-use mce_core::model::Mode;
+use candle_core::Module;
+use mce_core::model::decoder::DecoderInput;
+use mce_core::model::{Head, Mode};
 use mce_core::{Features, Mce};
 
 fn features(cfg: &MceConfig, b: usize, seed: f32) -> Result<Features> {
@@ -128,6 +130,39 @@ fn support_branch_gives_background_keys_zero_weight() -> Result<()> {
         &enc.encode_support(&s3.level2, &mask)?,
     )?;
     assert!(max_abs_diff(&out.narrow(3, 7, 1)?, &base.narrow(3, 7, 1)?)? > 0.0);
+    Ok(())
+}
+
+/// Concatenate two batches of features.
+fn cat_features(a: &Features, b: &Features) -> Result<Features> {
+    Ok(Features {
+        level2: Tensor::cat(&[&a.level2, &b.level2], 0)?,
+        level3: Tensor::cat(&[&a.level3, &b.level3], 0)?,
+        level4: Tensor::cat(&[&a.level4, &b.level4], 0)?,
+    })
+}
+
+#[test]
+fn a_batch_of_episodes_gives_each_episodes_own_logits() -> Result<()> {
+    // Each support image attends to its own foreground keys, so a batch whose masks differ must
+    // give the logits of its episodes run one at a time.
+    let cfg = small(Branches::Both);
+    let (_, m) = head(&cfg)?;
+    let s = cfg.image_size;
+    let (q0, q1) = (features(&cfg, 1, 1.0)?, features(&cfg, 1, 3.0)?);
+    let (s0, s1) = (features(&cfg, 1, 2.0)?, features(&cfg, 1, 4.0)?);
+    let (m0, m1) = (block_mask(1, s, 8, 40)?, block_mask(1, s, 20, 28)?);
+    let one = |q: &Features, f: &Features, mask: &Tensor| {
+        m.forward(q, &[(f.clone(), mask.clone())], Mode::Eval)
+    };
+    let both = m.forward(
+        &cat_features(&q0, &q1)?,
+        &[(cat_features(&s0, &s1)?, Tensor::cat(&[&m0, &m1], 0)?)],
+        Mode::Eval,
+    )?;
+    let singles = Tensor::cat(&[one(&q0, &s0, &m0)?, one(&q1, &s1, &m1)?], 0)?;
+    let d = max_abs_diff(&both, &singles)?;
+    assert!(d < 1e-4, "batched and single episodes differ by {d}");
     Ok(())
 }
 
@@ -369,5 +404,44 @@ fn cross_matching_head_is_the_paper_head_plus_the_rule() -> Result<()> {
     let expected = (&p.joint * 6.0)?;
     assert!(max_abs_diff(&margin, &expected)? < 1e-5);
     assert!(expected.abs()?.max_all()?.to_scalar::<f32>()? > 1e-2);
+    Ok(())
+}
+
+#[test]
+fn the_decoder_by_parts_matches_the_concatenated_input() -> Result<()> {
+    // On the CPU the first layer runs part by part (f_Q's products once per query, V_s as a
+    // vector): it must give the logits of the plain decoder on X = cat(parts), for every head.
+    for cfg in [
+        small(Branches::Both),
+        small(Branches::Both).with_head(HeadKind::CrossMatching),
+        small_matching(),
+    ] {
+        let (_, m) = head(&cfg)?;
+        let q = m.encode_query(&features(&cfg, 2, 1.0)?, Mode::Eval)?;
+        let shots = (0..2)
+            .map(|k| {
+                let mask = block_mask(2, cfg.image_size, 8 + 8 * k, 40)?;
+                m.encode_support(&features(&cfg, 2, 5.0 + k as f32)?, &mask, Mode::Eval)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let x = m.decoder_input(&q, &shots)?;
+        let decoder = match m.head() {
+            Head::Paper(h) => h.decoder(),
+            Head::CrossMatching(h) => h.mce().decoder(),
+            Head::Matching(h) => h.decoder(),
+        };
+        let plain = decoder.forward(&x.tensor()?)?;
+        let by_parts = decoder.forward_input(&x)?;
+        let uncached = decoder.forward_input(&DecoderInput {
+            query_products: None,
+            ..x.clone()
+        })?;
+        let scale = plain.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-6);
+        for (name, y) in [("cached", &by_parts), ("uncached", &uncached)] {
+            let d = max_abs_diff(&plain, y)? / scale;
+            assert!(d < 1e-5, "{}: {name} differs by {d}", cfg.head.kind());
+        }
+        assert_eq!(x.query.is_some(), x.query_products.is_some());
+    }
     Ok(())
 }

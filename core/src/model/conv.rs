@@ -1,10 +1,12 @@
 //! The head's 2-D convolution: candle_nn's `Conv2d` names (`weight`, `bias`) and initialisation,
 //! but 1×1 convolutions run as a matrix product, which is ~3× faster than candle's 1×1 `conv2d`
-//! forward and backward on CPU (the head has a dozen of them).
+//! forward and backward on CPU (the head has a dozen of them), and on the CPU the other stride-1
+//! convolutions (the decoder's dilated 3×3s) run as [`conv2d_shifted`], one GEMM and shifted sums.
 //!
 //! Each conv carries an optional quantization hook ([`crate::quant::layers`]), given at
 //! construction by the plan of its [`QuantVarBuilder`]; without one it is a plain f32 conv.
 
+use crate::ops::shifted_conv::{conv2d_shifted, sum_shifted, tap_products, tap_weights};
 use crate::quant::layers::{pointwise_conv, LayerHook, LayerInfo, LayerKind};
 use crate::quant::QuantVarBuilder;
 use candle_core::{Module, Result, Tensor};
@@ -72,6 +74,35 @@ impl Conv {
     }
 }
 
+/// A convolution taken apart at its linearity: the products of each part of its input (a channel
+/// range) with the weight, summed, then shifted into place ([`crate::ops::shifted_conv`]). The
+/// decoder's first layer runs this way so that the query's share is computed once per frame.
+impl Conv {
+    /// Whether [`Conv::products`] applies: stride 1, groups 1 and a plain f32 conv (a quantized
+    /// conv sees its whole input at once).
+    pub fn splits(&self) -> bool {
+        (self.config.stride, self.config.groups) == (1, 1) && self.quant.is_none()
+    }
+
+    /// `W[:, channels] · part` for every tap: `part (B, c, H, W)` → `(B, taps·O, H, W)`; a
+    /// `(B, c, 1, 1)` part (a vector tiled over the grid) gives `(B, taps·O, 1, 1)`.
+    pub fn products(&self, part: &Tensor, channels: std::ops::Range<usize>) -> Result<Tensor> {
+        let taps = tap_weights(&self.weight)?.narrow(1, channels.start, channels.len())?;
+        tap_products(&taps, part)
+    }
+
+    /// The output from the summed products of all parts: shifted into place, plus the bias.
+    pub fn from_products(&self, z: &Tensor) -> Result<Tensor> {
+        let (out_c, _, kh, kw) = self.weight.dims4()?;
+        let c = &self.config;
+        let ys = sum_shifted(z, (out_c, kh, kw), c.padding, c.dilation)?;
+        match &self.bias {
+            Some(b) => ys.broadcast_add(&b.reshape((1, out_c, 1, 1))?),
+            None => Ok(ys),
+        }
+    }
+}
+
 /// `Conv2d` with bias, candle_nn's `conv2d` signature.
 pub fn conv2d(
     in_c: usize,
@@ -105,6 +136,8 @@ impl Module for Conv {
         let c = &self.config;
         let ys = if (kh, kw, c.padding, c.stride) == (1, 1, 0, 1) {
             pointwise_conv(&xs, &weight, self.quant.as_deref())?
+        } else if xs.device().is_cpu() && (c.stride, c.groups) == (1, 1) {
+            conv2d_shifted(&xs, &weight, c.padding, c.dilation)?
         } else {
             xs.conv2d(&weight, c.padding, c.stride, c.dilation, c.groups)?
         };

@@ -8,6 +8,7 @@ use super::conv::{conv2d, Conv as Conv2d};
 use crate::config::DecoderConfig;
 use crate::quant::QuantVarBuilder;
 use candle_core::{Module, Result, Tensor};
+use std::ops::Range;
 use candle_nn::{Conv2dConfig, Init};
 
 /// Atrous spatial pyramid pooling.
@@ -60,6 +61,103 @@ impl Module for Aspp {
     }
 }
 
+impl Aspp {
+    /// The convs that read the decoder input over the grid, in branch order.
+    fn grid_convs(&self) -> impl Iterator<Item = &Conv2d> {
+        std::iter::once(&self.branch1x1).chain(&self.atrous)
+    }
+
+    /// Whether the input may be taken apart ([`Aspp::forward_parts`]).
+    fn splits(&self) -> bool {
+        self.grid_convs().all(Conv2d::splits) && self.pool.splits()
+    }
+
+    /// [`Aspp::forward`] of `input.tensor()` by parts: each grid conv is linear in its input, so
+    /// `W·X = W_Q·f_Q + W_V·V_s + W_rest·rest`, with f_Q's products computed once per query
+    /// ([`QueryProducts`]) and V_s's a matrix-vector product; only the rest is per class.
+    fn forward_parts(&self, input: &DecoderInput) -> Result<Tensor> {
+        let parts = input.parts()?;
+        let (b, h, w) = input.grid()?;
+        // Image pooling: the spatial mean of X, part by part.
+        let means = parts
+            .iter()
+            .map(|(p, _)| match p {
+                Part::Query(t) | Part::Map(t) => t.mean_keepdim(3)?.mean_keepdim(2),
+                Part::Tiled(t) => Ok((*t).clone()),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let pooled = self.pool.forward(&Tensor::cat(&means, 1)?)?.relu()?;
+        let out_c = pooled.dim(1)?;
+        let mut branches = vec![pooled.broadcast_as((b, out_c, h, w))?];
+        let rest = rest_of(&parts)?;
+        for (i, conv) in self.grid_convs().enumerate() {
+            let mut z = match &rest {
+                Some((t, range)) => Some(conv.products(t, range.clone())?),
+                None => None,
+            };
+            for (part, range) in &parts {
+                let term = match (part, &input.query_products) {
+                    (Part::Query(_), Some(qp)) => qp.0[i].clone(),
+                    (Part::Query(t), None) => conv.products(t, range.clone())?,
+                    (Part::Tiled(t), _) => conv.products(t, range.clone())?,
+                    (Part::Map(_), _) => continue, // in `rest`
+                };
+                z = Some(match z {
+                    None => term,
+                    Some(acc) => acc.broadcast_add(&term)?,
+                });
+            }
+            let z = z.ok_or_else(|| candle_core::Error::Msg("empty decoder input".into()))?;
+            branches.push(conv.from_products(&z)?.relu()?);
+        }
+        self.project.forward(&Tensor::cat(&branches, 1)?)?.relu()
+    }
+}
+
+/// The map parts other than f_Q, concatenated, with their channel range (they are adjacent in X).
+fn rest_of(parts: &[(Part, Range<usize>)]) -> Result<Option<(Tensor, Range<usize>)>> {
+    let maps: Vec<_> = parts
+        .iter()
+        .filter_map(|(p, r)| match p {
+            Part::Map(t) => Some((*t, r.clone())),
+            _ => None,
+        })
+        .collect();
+    let (Some(first), Some(last)) = (maps.first(), maps.last()) else {
+        return Ok(None);
+    };
+    let range = first.1.start..last.1.end;
+    if maps.iter().map(|(_, r)| r.len()).sum::<usize>() != range.len() {
+        candle_core::bail!("the decoder input's map parts are not adjacent");
+    }
+    let ts: Vec<&Tensor> = maps.iter().map(|(t, _)| *t).collect();
+    Ok(Some((Tensor::cat(&ts, 1)?, range)))
+}
+
+/// One part of the decoder input X as the first layer reads it.
+#[derive(Debug, Clone, Copy)]
+pub enum Part<'a> {
+    /// f_Q `(B, c, g, g)`, whose products may be precomputed ([`QueryProducts`]).
+    Query(&'a Tensor),
+    /// Any other map over the grid: `(B, c, g, g)`.
+    Map(&'a Tensor),
+    /// A vector the same at every grid position: `(B, c, 1, 1)`.
+    Tiled(&'a Tensor),
+}
+
+impl Part<'_> {
+    fn tensor(&self) -> &Tensor {
+        match self {
+            Part::Query(t) | Part::Map(t) | Part::Tiled(t) => t,
+        }
+    }
+}
+
+/// f_Q's share of the first layer (the products of ASPP's 1×1 and atrous convs with f_Q, in
+/// branch order), computed once per query by [`Decoder::query_products`] and reused by every class.
+#[derive(Debug, Clone)]
+pub struct QueryProducts(Vec<Tensor>);
+
 /// The decoder's input by name. [`DecoderInput::tensor`] concatenates the parts present, always in
 /// this order (the checkpoints' first-layer weights depend on it):
 /// `cat(f_Q, V_s, f_cross, A_sim, prior_2, prior_3, prior_4, prior_joint)`.
@@ -67,7 +165,9 @@ impl Module for Aspp {
 pub struct DecoderInput {
     /// Query mid-level features f_Q: `(B, reduce_dim, g, g)`.
     pub query: Option<Tensor>,
-    /// Prototype V_s tiled over the grid, averaged over the shots: `(B, reduce_dim, g, g)`.
+    /// f_Q already through the first layer, when the head computed it with the query.
+    pub query_products: Option<QueryProducts>,
+    /// Prototype V_s, averaged over the shots: `(B, reduce_dim, 1, 1)`, tiled over the grid in X.
     pub prototype: Option<Tensor>,
     /// Cross-image encoding f_cross, averaged over the shots: `(B, reduce_dim, g, g)`.
     pub cross: Option<Tensor>,
@@ -87,23 +187,51 @@ pub struct Priors {
 }
 
 impl DecoderInput {
+    /// The parts present, in X's channel order, each with its channel range in X.
+    pub fn parts(&self) -> Result<Vec<(Part<'_>, Range<usize>)>> {
+        let priors = self.priors.as_ref();
+        let present = [
+            self.query.as_ref().map(Part::Query),
+            self.prototype.as_ref().map(Part::Tiled),
+            self.cross.as_ref().map(Part::Map),
+            self.similarity.as_ref().map(Part::Map),
+            priors.map(|p| Part::Map(&p.levels)),
+            priors.map(|p| Part::Map(&p.joint)),
+        ];
+        let mut at = 0;
+        present
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let c = p.tensor().dim(1)?;
+                at += c;
+                Ok((p, at - c..at))
+            })
+            .collect()
+    }
+
+    /// `(B, g, g)` of the map parts.
+    pub fn grid(&self) -> Result<(usize, usize, usize)> {
+        for (p, _) in self.parts()? {
+            if let Part::Query(t) | Part::Map(t) = p {
+                let (b, _, h, w) = t.dims4()?;
+                return Ok((b, h, w));
+            }
+        }
+        candle_core::bail!("the decoder input has no map over the grid")
+    }
+
     /// `X = cat(parts)`: `(B, C, g, g)`.
     pub fn tensor(&self) -> Result<Tensor> {
-        let priors = self.priors.as_ref();
-        let parts: Vec<&Tensor> = [
-            self.query.as_ref(),
-            self.prototype.as_ref(),
-            self.cross.as_ref(),
-            self.similarity.as_ref(),
-            priors.map(|p| &p.levels),
-            priors.map(|p| &p.joint),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        if parts.is_empty() {
-            candle_core::bail!("the decoder input has no parts");
-        }
+        let (b, h, w) = self.grid()?;
+        let parts = self
+            .parts()?
+            .into_iter()
+            .map(|(p, _)| match p {
+                Part::Query(t) | Part::Map(t) => Ok(t.clone()),
+                Part::Tiled(t) => t.broadcast_as((b, t.dim(1)?, h, w))?.contiguous(),
+            })
+            .collect::<Result<Vec<_>>>()?;
         Tensor::cat(&parts, 1)
     }
 }
@@ -153,6 +281,44 @@ impl Decoder {
             res: conv2d(dd, dd, 3, pad1, vb.pp("res"))?,
             cls,
         })
+    }
+}
+
+impl Decoder {
+    /// Whether the first layer runs by parts here: on the CPU (where the shifted products are the
+    /// fast convolution) and unquantized.
+    fn splits_on(&self, device: &candle_core::Device) -> bool {
+        device.is_cpu() && self.aspp.splits()
+    }
+
+    /// f_Q's first-layer products, for [`DecoderInput::query_products`]; `None` where the
+    /// decoder does not run by parts. f_Q is the first part of X.
+    pub fn query_products(&self, f_q: &Tensor) -> Result<Option<QueryProducts>> {
+        if !self.splits_on(f_q.device()) {
+            return Ok(None);
+        }
+        let c = f_q.dim(1)?;
+        let products = self
+            .aspp
+            .grid_convs()
+            .map(|conv| conv.products(f_q, 0..c))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(QueryProducts(products)))
+    }
+
+    /// Logits `(B, 2, h, w)` of a decoder input: the same as `forward(input.tensor())`, by parts
+    /// where the decoder splits.
+    pub fn forward_input(&self, input: &DecoderInput) -> Result<Tensor> {
+        let device = match input.parts()?.first() {
+            Some((p, _)) => p.tensor().device().clone(),
+            None => candle_core::bail!("the decoder input has no parts"),
+        };
+        let x = match self.splits_on(&device) {
+            true => self.aspp.forward_parts(input)?,
+            false => self.aspp.forward(&input.tensor()?)?,
+        };
+        let x = self.res.forward(&x)?.relu()?;
+        self.cls.forward(&x)
     }
 }
 

@@ -14,6 +14,9 @@ pub struct LevelMask {
     pub key_bias: Tensor,
     /// Per image: how many positions are foreground (after the fallbacks).
     pub counts: Vec<usize>,
+    /// Per image: its foreground positions, `(n_fg,)` u32, ascending. Attention over masked keys
+    /// may read only these: a −∞ key weighs exactly 0.
+    pub keys: Vec<Tensor>,
 }
 
 /// How the binary mask of one image was obtained.
@@ -64,7 +67,18 @@ impl LevelMask {
             .collect();
         let dev = mask.device();
         let dtype = mask.dtype();
+        let keys = keep
+            .chunks(h * w)
+            .map(|row| {
+                let idx: Vec<u32> = (0..row.len() as u32)
+                    .filter(|&i| row[i as usize] > 0.0)
+                    .collect();
+                let n = idx.len();
+                Tensor::from_vec(idx, n, dev)
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
+            keys,
             keep: Tensor::from_vec(keep, (b, h * w), dev)?.to_dtype(dtype)?,
             key_bias: Tensor::from_vec(bias, (b, 1, 1, h * w), dev)?.to_dtype(dtype)?,
             counts,
@@ -83,5 +97,20 @@ mod tests {
         assert_eq!(binarize(&[0.0, 0.1, 0.2]).0, vec![0.0, 1.0, 1.0]);
         assert_eq!(binarize(&[0.0, 0.0]).0, vec![1.0, 1.0]);
         assert_eq!(binarize(&[0.0, 0.0]).1, MaskRule::Dropped);
+    }
+
+    #[test]
+    fn each_image_lists_its_foreground_keys() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let m = Tensor::from_vec(vec![0f32, 1., 1., 0.], (1, 1, 2, 2), &dev)?;
+        let lm = LevelMask::new(&m, 2, 2)?;
+        assert_eq!(lm.keys[0].to_vec1::<u32>()?, vec![1, 2]);
+        // Nothing qualifies: every position counts, so every position is a key.
+        let empty = LevelMask::new(&Tensor::zeros((1, 1, 2, 2), candle_core::DType::F32, &dev)?, 2, 2)?;
+        assert_eq!(empty.keys[0].to_vec1::<u32>()?, vec![0, 1, 2, 3]);
+        let batch = Tensor::cat(&[&m, &(1.0 - &m)?], 0)?;
+        let keys = LevelMask::new(&batch, 2, 2)?.keys;
+        assert_eq!(keys[1].to_vec1::<u32>()?, vec![0, 3]);
+        Ok(())
     }
 }

@@ -20,7 +20,7 @@ use crate::backbone::Features;
 use crate::config::MatchingConfig;
 use crate::ops::resize_bilinear;
 use crate::quant::QuantVarBuilder;
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 
 /// One support shot as the matching head needs it.
 #[derive(Debug, Clone)]
@@ -112,7 +112,7 @@ impl MatchingHead {
         let Some(priors) = &input.priors else {
             candle_core::bail!("the matching head's decoder input has no priors");
         };
-        let logits = self.decoder.forward(&input.tensor()?)?;
+        let logits = self.decoder.forward_input(input)?;
         self.prior_skip.add_to(&logits, &priors.joint)
     }
 }

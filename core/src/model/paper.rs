@@ -15,7 +15,7 @@
 
 use super::conv::{conv2d_no_bias, Conv as Conv2d};
 use super::cross_encoding::{CrossEncoding, QueryTokens, SupportTokens};
-use super::decoder::{Classifier, Decoder, DecoderInput};
+use super::decoder::{Classifier, Decoder, DecoderInput, QueryProducts};
 use super::masks::LevelMask;
 use super::prototype::{masked_average_pool, SupportSimilarity};
 use super::Mode;
@@ -40,6 +40,8 @@ pub struct PaperSupport {
 pub struct PaperQuery {
     /// Mid-level query features f_Q: `(B, reduce_dim, g, g)`.
     pub mid: Tensor,
+    /// f_Q through the decoder's first layer, shared by every class ([`Decoder::query_products`]).
+    products: Option<QueryProducts>,
     level4: Tensor,
     /// One per cross-encoded level (none in the without-cross-map ablation).
     tokens: Vec<QueryTokens>,
@@ -154,8 +156,10 @@ impl PaperHead {
                 .collect::<Result<Vec<_>>>()?,
             None => vec![],
         };
+        let mid = self.mid_level(&self.down_query, feats, mode)?;
         Ok(PaperQuery {
-            mid: self.mid_level(&self.down_query, feats, mode)?,
+            products: self.decoder.query_products(&mid)?,
+            mid,
             level4: feats.level4.clone(),
             tokens,
         })
@@ -163,8 +167,7 @@ impl PaperHead {
 
     /// One shot's `(V_s, f_cross, A_sim)` on the `g × g` grid, as present in this head.
     fn shot_terms(&self, query: &PaperQuery, shot: &PaperSupport, g: usize) -> Result<ShotTerms> {
-        let (b, r, _, _) = shot.prototype.dims4()?;
-        let prototype = shot.prototype.broadcast_as((b, r, g, g))?.contiguous()?;
+        let prototype = shot.prototype.clone();
         let cross = match &self.cross {
             Some(cross) => {
                 let per_level = cross
@@ -214,6 +217,7 @@ impl PaperHead {
         };
         Ok(DecoderInput {
             query: Some(query.mid.clone()),
+            query_products: query.products.clone(),
             prototype: mean(&|t| Some(&t.prototype))?,
             cross: mean(&|t| t.cross.as_ref())?,
             similarity: mean(&|t| t.similarity.as_ref())?,
@@ -223,7 +227,7 @@ impl PaperHead {
 
     /// Logits `(B, 2, g, g)` on the stride-8 grid.
     pub fn decode_input(&self, input: &DecoderInput) -> Result<Tensor> {
-        self.decoder.forward(&input.tensor()?)
+        self.decoder.forward_input(input)
     }
 }
 

@@ -100,7 +100,8 @@ impl FrozenConvBn {
 
     /// Apply with explicit zero padding `[top, bottom, left, right]` (TF "SAME" pads asymmetrically),
     /// taking the cheapest exact route: 1×1 stride-1 convs are a matmul (candle's 1×1 `conv2d` is ~4×
-    /// slower), depthwise convs go to [`super::depthwise`], the rest to candle's `conv2d`.
+    /// slower), depthwise convs go to [`super::depthwise`], other stride-1 convs on the CPU to
+    /// [`super::shifted_conv`], the rest to candle's `conv2d`.
     pub fn forward_padded(&self, xs: &Tensor, pads: [usize; 4]) -> Result<Tensor> {
         let (xs, weight) = match &self.quant {
             Some(h) => (h.input(xs)?, h.weight(&self.weight)?),
@@ -124,7 +125,11 @@ impl FrozenConvBn {
                 xs.pad_with_zeros(2, top - sym, bottom - sym)?
                     .pad_with_zeros(3, left - sym, right - sym)?
             };
-            xs.conv2d(weight, sym, g.stride, g.dilation, g.groups)?
+            if xs.device().is_cpu() && (g.stride, g.groups) == (1, 1) {
+                super::shifted_conv::conv2d_shifted(&xs, weight, sym, g.dilation)?
+            } else {
+                xs.conv2d(weight, sym, g.stride, g.dilation, g.groups)?
+            }
         };
         ys.broadcast_add(&bias)
     }

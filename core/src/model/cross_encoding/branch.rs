@@ -250,14 +250,34 @@ impl SupportBranch {
 
     /// `f'_S = MLP(LN(R_S))`: `(B, d, H, W)`.
     pub(super) fn forward(&self, p: &Pair) -> Result<Tensor> {
-        let (m, a) = match self {
-            Self::Symmetric(m) => (
-                m,
-                weights(&p.s(&m.q)?, &p.s(&m.k)?, p.scale, Some(p.key_bias()))?,
-            ),
-            Self::Conventional(m) => (m, weights(&p.s(&m.q)?, &p.q(&m.k)?, p.scale, None)?),
+        let (m, r_s) = match self {
+            Self::Symmetric(m) => (m, Self::symmetric(m, p)?),
+            Self::Conventional(m) => {
+                let a = weights(&p.s(&m.q)?, &p.q(&m.k)?, p.scale, None)?;
+                (m, a.matmul(&p.q(&m.v)?)?)
+            }
         };
-        m.head
-            .forward(&a.matmul(&p.q(&m.v)?)?, p.query.h, p.query.w)
+        m.head.forward(&r_s, p.query.h, p.query.w)
+    }
+
+    /// `R_S = softmax(S_q S_kᵀ/√d_h + M_key) Q_v`: `(B, h, N, d_h)`. Each support image attends to
+    /// its own foreground keys only: the same result (background keys weigh exactly 0) without the
+    /// background's share of the products, the softmax and their gradients.
+    fn symmetric(m: &BranchMaps, p: &Pair) -> Result<Tensor> {
+        let (s_q, s_k, q_v) = (p.s(&m.q)?, p.s(&m.k)?, p.q(&m.v)?); // (B, h, N, d_h)
+        let per_image = p
+            .support
+            .mask
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, keys)| {
+                let image = |t: &Tensor| t.narrow(0, i, 1);
+                let s_k = image(&s_k)?.index_select(keys, 2)?; // (1, h, n_fg, d_h)
+                let q_v = image(&q_v)?.index_select(keys, 2)?;
+                weights(&image(&s_q)?, &s_k, p.scale, None)?.matmul(&q_v)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&per_image, 0)
     }
 }
