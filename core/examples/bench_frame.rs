@@ -10,6 +10,7 @@
 //! | `head_k1` | `encode_query` + `decode` (K = 1) on cached query features |
 //! | `frame_k1`, `frame_k5` | query backbone + `encode_query` + `decode` (supports encoded once, cached) |
 //! | `frame_paper_k1` | the same for the paper preset (473×473, ResNet-50 with zero weights, random head) |
+//! | `eval_paper_k5` | one paper-preset evaluation episode at K = 5 (the memory case: `peak_rss_mib`) |
 //! | `classes_1`, `classes_3` | backbone + `encode_query` once + `decode` per class (K = 1 each) |
 //! | `train_step_b8` | edge paper head, batch 8, 1-shot: forward (train mode), CE, backward, SGD step |
 //! | `eval_k1`, `eval_k5` | one evaluation episode on cached features: K support encodings, query, decode, argmax |
@@ -265,26 +266,53 @@ impl Sgd {
     }
 }
 
+/// The paper preset (473×473, ResNet-50 with zero weights, random head): one frame at K = 1, or
+/// one evaluation episode at K = 5 (support encodings, query, decode, argmax).
+fn paper_case(args: &Args, dev: &Device) -> Result<(Vec<f64>, BTreeMap<String, f64>)> {
+    let (runs, warmup) = (args.runs, args.warmup);
+    let cfg = MceConfig::paper_resnet50();
+    let backbone = AnyBackbone::new(cfg.backbone, VarBuilder::zeros(DType::F32, dev))?;
+    let vm = VarMap::new();
+    Mce::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, dev))?;
+    let head = Mce::frozen(&cfg, &vm)?;
+    let s = cfg.image_size;
+    let image = Tensor::randn(0f32, 1f32, (1, 3, s, s), dev)?;
+    let sfeat = backbone.features(&Tensor::randn(0f32, 1f32, (1, 3, s, s), dev)?)?;
+    let mask = golden::box_mask(s, dev)?;
+    if args.case == "eval_paper_k5" {
+        let qf = backbone.features(&image)?;
+        let samples = sample(runs, warmup, || {
+            let shots = (0..5)
+                .map(|_| head.encode_support(&sfeat, &mask, Mode::Eval))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let q = head.encode_query(&qf, Mode::Eval)?;
+            head.decode(&q, &shots)?.argmax(1)?;
+            Ok(())
+        })?;
+        return Ok((samples, BTreeMap::new()));
+    }
+    let shots = vec![head.encode_support(&sfeat, &mask, Mode::Eval)?];
+    let samples = sample(runs, warmup, || frame(&backbone, &head, &image, &[&shots]))?;
+    let st = match args.stages {
+        true => stages(&backbone, &head, &image, &sfeat, &mask, &shots, runs)?,
+        false => BTreeMap::new(),
+    };
+    Ok((samples, st))
+}
+
+/// Peak resident memory of this process so far (VmHWM), MiB; `None` off Linux.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 fn run_case(args: &Args, dev: &Device) -> Result<(Vec<f64>, BTreeMap<String, f64>)> {
     let (runs, warmup) = (args.runs, args.warmup);
     let none = BTreeMap::new();
-    if args.case == "frame_paper_k1" {
-        let cfg = MceConfig::paper_resnet50();
-        let backbone = AnyBackbone::new(cfg.backbone, VarBuilder::zeros(DType::F32, dev))?;
-        let vm = VarMap::new();
-        Mce::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, dev))?;
-        let head = Mce::frozen(&cfg, &vm)?;
-        let s = cfg.image_size;
-        let image = Tensor::randn(0f32, 1f32, (1, 3, s, s), dev)?;
-        let sfeat = backbone.features(&Tensor::randn(0f32, 1f32, (1, 3, s, s), dev)?)?;
-        let mask = golden::box_mask(s, dev)?;
-        let shots = vec![head.encode_support(&sfeat, &mask, Mode::Eval)?];
-        let samples = sample(runs, warmup, || frame(&backbone, &head, &image, &[&shots]))?;
-        let st = match args.stages {
-            true => stages(&backbone, &head, &image, &sfeat, &mask, &shots, runs)?,
-            false => none,
-        };
-        return Ok((samples, st));
+    if args.case == "frame_paper_k1" || args.case == "eval_paper_k5" {
+        return paper_case(args, dev);
     }
     let e = load_edge(args, dev)?;
     Ok(match args.case.as_str() {
@@ -408,6 +436,7 @@ fn main() -> Result<()> {
         // candle's CPU thread count (RAYON_NUM_THREADS / CANDLE_NUM_THREADS, else the cores).
         "threads": candle_core::utils::get_num_threads(),
         "process_ms": ms(t),
+        "peak_rss_mib": peak_rss_mib(),
     });
     println!("{out}");
     Ok(())

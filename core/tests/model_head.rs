@@ -5,10 +5,10 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use candle_core::Module;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use mce_core::config::{Attention, Branches, HeadKind, MceConfig};
-use candle_core::Module;
 use mce_core::model::decoder::DecoderInput;
 use mce_core::model::{Head, Mode};
 use mce_core::{Features, Mce};

@@ -78,10 +78,11 @@ impl Conv {
 /// range) with the weight, summed, then shifted into place ([`crate::ops::shifted_conv`]). The
 /// decoder's first layer runs this way so that the query's share is computed once per frame.
 impl Conv {
-    /// Whether [`Conv::products`] applies: stride 1, groups 1 and a plain f32 conv (a quantized
-    /// conv sees its whole input at once).
+    /// Whether [`Conv::products`] applies: stride 1, groups 1 and float arithmetic (a conv that
+    /// calibrates or fake-quantizes sees its whole input at once).
     pub fn splits(&self) -> bool {
-        (self.config.stride, self.config.groups) == (1, 1) && self.quant.is_none()
+        let plain = self.quant.as_ref().is_none_or(|h| h.is_plain());
+        (self.config.stride, self.config.groups) == (1, 1) && plain
     }
 
     /// `W[:, channels] · part` for every tap: `part (B, c, H, W)` → `(B, taps·O, H, W)`; a

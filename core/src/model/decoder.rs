@@ -8,8 +8,8 @@ use super::conv::{conv2d, Conv as Conv2d};
 use crate::config::DecoderConfig;
 use crate::quant::QuantVarBuilder;
 use candle_core::{Module, Result, Tensor};
-use std::ops::Range;
 use candle_nn::{Conv2dConfig, Init};
+use std::ops::Range;
 
 /// Atrous spatial pyramid pooling.
 #[derive(Debug, Clone)]

@@ -106,7 +106,11 @@ mod tests {
         let lm = LevelMask::new(&m, 2, 2)?;
         assert_eq!(lm.keys[0].to_vec1::<u32>()?, vec![1, 2]);
         // Nothing qualifies: every position counts, so every position is a key.
-        let empty = LevelMask::new(&Tensor::zeros((1, 1, 2, 2), candle_core::DType::F32, &dev)?, 2, 2)?;
+        let empty = LevelMask::new(
+            &Tensor::zeros((1, 1, 2, 2), candle_core::DType::F32, &dev)?,
+            2,
+            2,
+        )?;
         assert_eq!(empty.keys[0].to_vec1::<u32>()?, vec![0, 1, 2, 3]);
         let batch = Tensor::cat(&[&m, &(1.0 - &m)?], 0)?;
         let keys = LevelMask::new(&batch, 2, 2)?.keys;

@@ -165,20 +165,41 @@ impl PaperHead {
         })
     }
 
-    /// One shot's `(V_s, f_cross, A_sim)` on the `g × g` grid, as present in this head.
-    fn shot_terms(&self, query: &PaperQuery, shot: &PaperSupport, g: usize) -> Result<ShotTerms> {
-        let prototype = shot.prototype.clone();
-        let cross = match &self.cross {
-            Some(cross) => {
-                let per_level = cross
-                    .levels()
-                    .zip(query.tokens.iter().zip(&shot.tokens))
-                    .map(|((_, enc), (q, s))| enc.forward(q, s))
-                    .collect::<Result<Vec<_>>>()?;
-                Some(cross.merge(&per_level, g)?)
-            }
-            None => None,
+    /// `f_cross` of each shot on the `g × g` grid (none in the without-cross-map ablation); each
+    /// level runs all shots at once.
+    fn cross_terms(
+        &self,
+        query: &PaperQuery,
+        shots: &[&PaperSupport],
+        g: usize,
+    ) -> Result<Vec<Option<Tensor>>> {
+        let Some(cross) = &self.cross else {
+            return Ok(vec![None; shots.len()]);
         };
+        let per_level = cross
+            .levels()
+            .enumerate()
+            .map(|(i, (_, enc))| {
+                let supports: Vec<_> = shots.iter().map(|s| &s.tokens[i]).collect();
+                enc.forward_shots(&query.tokens[i], &supports)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        (0..shots.len())
+            .map(|k| {
+                let levels: Vec<Tensor> = per_level.iter().map(|l| l[k].clone()).collect();
+                cross.merge(&levels, g).map(Some)
+            })
+            .collect()
+    }
+
+    /// One shot's `(V_s, f_cross, A_sim)` on the `g × g` grid, as present in this head.
+    fn shot_terms(
+        &self,
+        query: &PaperQuery,
+        shot: &PaperSupport,
+        cross: Option<Tensor>,
+        g: usize,
+    ) -> Result<ShotTerms> {
         let similarity = match self.config.ablation {
             PaperAblation::WithoutSimilarity => None,
             _ => Some(resize_bilinear(
@@ -188,7 +209,7 @@ impl PaperHead {
             )?),
         };
         Ok(ShotTerms {
-            prototype,
+            prototype: shot.prototype.clone(),
             cross,
             similarity,
         })
@@ -203,7 +224,8 @@ impl PaperHead {
         let g = query.mid.dim(2)?;
         let terms = shots
             .iter()
-            .map(|s| self.shot_terms(query, s, g))
+            .zip(self.cross_terms(query, shots, g)?)
+            .map(|(s, cross)| self.shot_terms(query, s, cross, g))
             .collect::<Result<Vec<_>>>()?;
         let mean = |part: &dyn Fn(&ShotTerms) -> Option<&Tensor>| -> Result<Option<Tensor>> {
             let present: Vec<&Tensor> = terms.iter().filter_map(part).collect();

@@ -110,6 +110,12 @@ impl std::fmt::Debug for LayerHook {
 }
 
 impl LayerHook {
+    /// Whether this hook leaves a conv's arithmetic as float: nothing observed, nothing
+    /// fake-quantized (an int8 artifact's dequantized layers).
+    pub fn is_plain(&self) -> bool {
+        self.observer.is_none() && self.input_scale.is_none() && !self.fake_weight
+    }
+
     /// The layer's input after observation / fake quantization.
     pub fn input(&self, xs: &Tensor) -> Result<Tensor> {
         if let Some(o) = &self.observer {

@@ -101,6 +101,39 @@ fn weights(a: &Tensor, b: &Tensor, scale: f64, bias: Option<&Tensor>) -> Result<
     softmax(&logits)
 }
 
+/// Attention weights alive at once in [`attend`]: 16 Mi f32 (64 MiB).
+const CHUNK_WEIGHTS: usize = 1 << 24;
+
+/// `softmax(a bᵀ · scale + bias) v` in row chunks of `a`, so that at most [`CHUNK_WEIGHTS`]
+/// weights exist at a time (the paper preset's level maps are 8 × 3600 × 3600). `a (B, h, N, d_h)`,
+/// `b (B, h, M, d_h)`, `v (B, h, M, e)` → `(B, h, N, e)`.
+pub(super) fn attend(
+    a: &Tensor,
+    b: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (batch, heads, n, _) = a.dims4()?;
+    let per_row = batch * heads * b.dim(2)?;
+    let rows = (CHUNK_WEIGHTS / per_row.max(1)).max(1);
+    if rows >= n {
+        return weights(a, b, scale, bias)?.matmul(v);
+    }
+    let chunks = (0..n)
+        .step_by(rows)
+        .map(|r0| weights(&a.narrow(2, r0, rows.min(n - r0))?, b, scale, bias)?.matmul(v))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&chunks, 2)
+}
+
+/// Whether the query-only weights `A_Q` `(B, h, N, N)` are kept with the query (and shared by its
+/// classes) rather than recomputed in chunks by each: up to [`CHUNK_WEIGHTS`] of them.
+pub(super) fn keep_query_weights(tokens: &Tensor, heads: usize) -> Result<bool> {
+    let (b, n, _) = tokens.dims3()?;
+    Ok(b * heads * n * n <= CHUNK_WEIGHTS)
+}
+
 /// The three `Linear(d, d)` maps of one branch (Eq. 4), named `<side>_<q|k|v>` after the image
 /// each is applied to, and the branch's `MLP(LN(·))`.
 #[derive(Debug, Clone)]
@@ -193,7 +226,7 @@ impl QueryBranch {
         })
     }
 
-    /// `A_Q` when it depends on the query alone (symmetric).
+    /// `A_Q` when it depends on the query alone (symmetric) and is small enough to keep.
     pub(super) fn query_weights(
         &self,
         tokens: &Tensor,
@@ -201,32 +234,56 @@ impl QueryBranch {
         scale: f64,
     ) -> Result<Option<Tensor>> {
         match self {
-            Self::Symmetric(m) => {
+            Self::Symmetric(m) if keep_query_weights(tokens, heads)? => {
                 let split = |l: &Linear| split_heads(&l.forward(tokens)?, heads);
                 Ok(Some(weights(&split(&m.q)?, &split(&m.k)?, scale, None)?))
             }
-            Self::Conventional(_) => Ok(None),
+            Self::Symmetric(_) | Self::Conventional(_) => Ok(None),
         }
     }
 
-    /// `f'_Q = MLP(LN(R_Q))`: `(B, d, H, W)`.
-    pub(super) fn forward(&self, p: &Pair) -> Result<Tensor> {
-        let (m, r_q) = match self {
-            Self::Symmetric(m) => {
-                let a_q = match &p.query.a_q {
-                    Some(a_q) => a_q.clone(),
-                    None => weights(&p.q(&m.q)?, &p.q(&m.k)?, p.scale, None)?,
-                };
-                // values: S_v with background tokens zeroed, (B, h, N, d_h) ⊙ (B, 1, N, 1)
-                let keep = p.support.mask.keep.unsqueeze(1)?.unsqueeze(3)?;
-                (m, a_q.matmul(&p.s(&m.v)?.broadcast_mul(&keep)?)?)
-            }
-            Self::Conventional(m) => {
-                let a = weights(&p.q(&m.q)?, &p.s(&m.k)?, p.scale, Some(p.key_bias()))?;
-                (m, a.matmul(&p.s(&m.v)?)?)
-            }
+    /// `f'_Q = MLP(LN(R_Q))` for every shot: `(B, d, H, W)` each. The symmetric branch's
+    /// weights depend on the query alone, so all shots' values go through them in one product.
+    pub(super) fn forward_shots(&self, pairs: &[Pair]) -> Result<Vec<Tensor>> {
+        let Some(first) = pairs.first() else {
+            return Ok(vec![]);
         };
-        m.head.forward(&r_q, p.query.h, p.query.w)
+        let (h, w) = (first.query.h, first.query.w);
+        match self {
+            Self::Symmetric(m) => {
+                // values: S_v with background tokens zeroed, (B, h, N, d_h) ⊙ (B, 1, N, 1), per
+                // shot, side by side: (B, h, N, K·d_h)
+                let values = pairs
+                    .iter()
+                    .map(|p| {
+                        let keep = p.support.mask.keep.unsqueeze(1)?.unsqueeze(3)?;
+                        p.s(&m.v)?.broadcast_mul(&keep)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let d_h = values[0].dim(3)?;
+                let values = Tensor::cat(&values, 3)?;
+                let r_q = match &first.query.a_q {
+                    Some(a_q) => a_q.matmul(&values)?,
+                    None => attend(&first.q(&m.q)?, &first.q(&m.k)?, &values, first.scale, None)?,
+                };
+                (0..pairs.len())
+                    .map(|k| m.head.forward(&r_q.narrow(3, k * d_h, d_h)?, h, w))
+                    .collect()
+            }
+            Self::Conventional(m) => pairs
+                .iter()
+                .map(|p| {
+                    let r_q = attend(
+                        &p.q(&m.q)?,
+                        &p.s(&m.k)?,
+                        &p.s(&m.v)?,
+                        p.scale,
+                        Some(p.key_bias()),
+                    )?;
+                    m.head.forward(&r_q, h, w)
+                })
+                .collect(),
+        }
     }
 }
 
@@ -252,10 +309,10 @@ impl SupportBranch {
     pub(super) fn forward(&self, p: &Pair) -> Result<Tensor> {
         let (m, r_s) = match self {
             Self::Symmetric(m) => (m, Self::symmetric(m, p)?),
-            Self::Conventional(m) => {
-                let a = weights(&p.s(&m.q)?, &p.q(&m.k)?, p.scale, None)?;
-                (m, a.matmul(&p.q(&m.v)?)?)
-            }
+            Self::Conventional(m) => (
+                m,
+                attend(&p.s(&m.q)?, &p.q(&m.k)?, &p.q(&m.v)?, p.scale, None)?,
+            ),
         };
         m.head.forward(&r_s, p.query.h, p.query.w)
     }
@@ -275,9 +332,36 @@ impl SupportBranch {
                 let image = |t: &Tensor| t.narrow(0, i, 1);
                 let s_k = image(&s_k)?.index_select(keys, 2)?; // (1, h, n_fg, d_h)
                 let q_v = image(&q_v)?.index_select(keys, 2)?;
-                weights(&image(&s_q)?, &s_k, p.scale, None)?.matmul(&q_v)
+                attend(&image(&s_q)?, &s_k, &q_v, p.scale, None)
             })
             .collect::<Result<Vec<_>>>()?;
         Tensor::cat(&per_image, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn chunked_attention_equals_the_whole_map() -> Result<()> {
+        let dev = Device::Cpu;
+        // 1 × 1 × 4096 keys: 4096 rows per chunk, so 5000 query rows take two chunks.
+        let a = Tensor::randn(0f32, 1., (1, 1, 5000, 4), &dev)?;
+        let b = Tensor::randn(0f32, 1., (1, 1, 4096, 4), &dev)?;
+        let v = Tensor::randn(0f32, 1., (1, 1, 4096, 3), &dev)?;
+        let bias = Tensor::randn(0f32, 1., (1, 1, 1, 4096), &dev)?;
+        for bias in [None, Some(&bias)] {
+            let whole = weights(&a, &b, 0.5, bias)?.matmul(&v)?;
+            let chunked = attend(&a, &b, &v, 0.5, bias)?;
+            let d = (whole - chunked)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(d < 1e-6, "{d}");
+        }
+        // The edge preset's level-2 map (4 heads, 1,600 tokens) is kept; the paper's is not.
+        let tokens = |n: usize| Tensor::zeros((1, n, 8), candle_core::DType::F32, &dev);
+        assert!(keep_query_weights(&tokens(1600)?, 4)?);
+        assert!(!keep_query_weights(&tokens(3600)?, 8)?);
+        Ok(())
     }
 }

@@ -110,18 +110,49 @@ impl LevelEncoder {
 
     /// `f_cross,l = Conv1×1(cat(f'_Q, f'_S))`: `(B, d, H, W)`. Support and query share the grid.
     pub fn forward(&self, query: &QueryTokens, support: &SupportTokens) -> Result<Tensor> {
-        let p = Pair {
-            query,
-            support,
-            heads: self.heads,
-            scale: self.scale,
+        let mut one = self.forward_shots(query, &[support])?;
+        Ok(one.remove(0))
+    }
+
+    /// [`LevelEncoder::forward`] for each of K support shots against one query; the query
+    /// branch's product runs once for all shots.
+    pub fn forward_shots(
+        &self,
+        query: &QueryTokens,
+        supports: &[&SupportTokens],
+    ) -> Result<Vec<Tensor>> {
+        let pairs: Vec<Pair> = supports
+            .iter()
+            .map(|support| Pair {
+                query,
+                support,
+                heads: self.heads,
+                scale: self.scale,
+            })
+            .collect();
+        let support_side = |sb: &SupportBranch| -> Result<Vec<Tensor>> {
+            pairs.iter().map(|p| sb.forward(p)).collect()
         };
-        let fused = match &self.branches {
-            LevelBranches::Both(qb, sb) => Tensor::cat(&[qb.forward(&p)?, sb.forward(&p)?], 1)?,
-            LevelBranches::QueryOnly(qb) => qb.forward(&p)?,
-            LevelBranches::SupportOnly(sb) => sb.forward(&p)?,
+        let per_shot: Vec<Vec<Tensor>> = match &self.branches {
+            LevelBranches::Both(qb, sb) => qb
+                .forward_shots(&pairs)?
+                .into_iter()
+                .zip(support_side(sb)?)
+                .map(|(q, s)| vec![q, s])
+                .collect(),
+            LevelBranches::QueryOnly(qb) => qb
+                .forward_shots(&pairs)?
+                .into_iter()
+                .map(|q| vec![q])
+                .collect(),
+            LevelBranches::SupportOnly(sb) => {
+                support_side(sb)?.into_iter().map(|s| vec![s]).collect()
+            }
         };
-        self.fuse.forward(&fused)
+        per_shot
+            .iter()
+            .map(|parts| self.fuse.forward(&Tensor::cat(parts, 1)?))
+            .collect()
     }
 }
 
