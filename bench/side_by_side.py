@@ -273,6 +273,8 @@ def main():
     ap.add_argument("--regen", action="store_true", help="run parity_dump even if its files exist")
     ap.add_argument("--no-parity", action="store_true", help="skip the parity check")
     ap.add_argument("--no-stages", action="store_true", help="no per-stage times")
+    ap.add_argument("--no-memory", action="store_true",
+                    help="skip the paper-preset K=5 peak-RSS measurement (mce only)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per process")
     args = ap.parse_args()
 
@@ -350,6 +352,7 @@ def main():
                 "min_ms": min(samples),
                 "pass_medians_ms": [r["median_ms"] for r in rs],
                 "threads": rs[0].get("threads"),
+                "peak_rss_mib": max((r.get("peak_rss_mib") or 0 for r in rs), default=None) or None,
             }
         entry["ratio"] = ratio(entry["mce"]["median_ms"], entry["pytorch"]["median_ms"])
         # The least-disturbed runs of each side: steadier than the medians on a loaded machine.
@@ -367,6 +370,21 @@ def main():
         doc["targets"] = targets(results)
         doc["machine"]["loadavg_after"] = loadavg()
         doc["elapsed_s"] = time.time() - started
+        write(out_path, doc)
+
+    if not args.no_memory:
+        # Memory (issue 13 item 4): peak RSS of one paper-preset K=5 evaluation episode (mce).
+        res = run_json([str(bench_frame), "--case", "eval_paper_k5", "--runs", "1",
+                        "--warmup", "0"], env, args.timeout)
+        rss = res.get("peak_rss_mib")
+        doc["memory"] = {
+            "case": "eval_paper_k5: paper preset (473x473, ResNet-50), one K=5 episode, mce",
+            "peak_rss_mib": rss,
+            "episode_ms": res["median_ms"],
+            "target": "peak RSS <= 2 GB (2e9 bytes)",
+            "met": None if rss is None else rss * 2**20 <= 2e9,
+        }
+        log(f"memory: paper K=5 episode peak RSS {rss:.0f} MiB")
         write(out_path, doc)
 
     log(f"\n{'case':15s} {'mce ms':>10s} {'torch ms':>10s} {'ratio':>7s} {'of mins':>8s}")
