@@ -20,6 +20,9 @@ pub struct Conv {
     bias: Option<Tensor>,
     config: Conv2dConfig,
     quant: Option<Arc<LayerHook>>,
+    /// The weight with its taps in front ([`tap_weights`]), packed once when the weight is fixed
+    /// (not a trainable variable) and the conv is not pointwise.
+    taps: Option<Tensor>,
 }
 
 impl Conv {
@@ -65,11 +68,16 @@ impl Conv {
             weight: &weight,
             bias: bias.as_ref(),
         })?;
+        let taps = match weight.is_variable() || pointwise {
+            true => None,
+            false => Some(tap_weights(&weight)?.contiguous()?),
+        };
         Ok(Self {
             weight,
             bias,
             config,
             quant,
+            taps,
         })
     }
 }
@@ -88,19 +96,32 @@ impl Conv {
     /// `W[:, channels] · part` for every tap: `part (B, c, H, W)` → `(B, taps·O, H, W)`; a
     /// `(B, c, 1, 1)` part (a vector tiled over the grid) gives `(B, taps·O, 1, 1)`.
     pub fn products(&self, part: &Tensor, channels: std::ops::Range<usize>) -> Result<Tensor> {
-        let taps = tap_weights(&self.weight)?.narrow(1, channels.start, channels.len())?;
+        let taps = self.taps()?.narrow(1, channels.start, channels.len())?;
         tap_products(&taps, part)
+    }
+
+    /// The packed weight: kept from construction, or packed now (trainable weights change).
+    fn taps(&self) -> Result<Tensor> {
+        match &self.taps {
+            Some(t) => Ok(t.clone()),
+            None => tap_weights(&self.weight),
+        }
     }
 
     /// The output from the summed products of all parts: shifted into place, plus the bias.
     pub fn from_products(&self, z: &Tensor) -> Result<Tensor> {
-        let (out_c, _, kh, kw) = self.weight.dims4()?;
-        let c = &self.config;
-        let ys = sum_shifted(z, (out_c, kh, kw), c.padding, c.dilation)?;
+        let ys = self.shifted(z)?;
         match &self.bias {
-            Some(b) => ys.broadcast_add(&b.reshape((1, out_c, 1, 1))?),
+            Some(b) => ys.broadcast_add(&b.reshape((1, ys.dim(1)?, 1, 1))?),
             None => Ok(ys),
         }
+    }
+
+    /// The summed products shifted into place (no bias).
+    fn shifted(&self, z: &Tensor) -> Result<Tensor> {
+        let (out_c, _, kh, kw) = self.weight.dims4()?;
+        let c = &self.config;
+        sum_shifted(z, (out_c, kh, kw), c.padding, c.dilation)
     }
 }
 
@@ -137,6 +158,8 @@ impl Module for Conv {
         let c = &self.config;
         let ys = if (kh, kw, c.padding, c.stride) == (1, 1, 0, 1) {
             pointwise_conv(&xs, &weight, self.quant.as_deref())?
+        } else if xs.device().is_cpu() && self.splits() {
+            self.shifted(&self.products(&xs, 0..xs.dim(1)?)?)?
         } else if xs.device().is_cpu() && (c.stride, c.groups) == (1, 1) {
             conv2d_shifted(&xs, &weight, c.padding, c.dilation)?
         } else {
