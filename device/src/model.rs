@@ -9,9 +9,11 @@ use mce_core::inference::{lite0_weights_path, models_dir, Segmenter};
 use mce_core::MceConfig;
 use std::path::PathBuf;
 
-/// The bundled trained edge model (MSRC-v2, fold 0), used when no model is named.
+/// The bundled trained edge model (MSRC-v2, fold 0, the `cross_matching` MCE head), used when no
+/// model is named. The previous default, the class-agnostic `matching` head, stays bundled as
+/// `models/mce_edge_msrc_fold0.safetensors` (`--model`).
 pub fn default_model_path() -> PathBuf {
-    models_dir().join("mce_edge_msrc_fold0.safetensors")
+    models_dir().join("mce_edge_cross_msrc_fold0.safetensors")
 }
 
 /// Where the model comes from.

@@ -37,8 +37,8 @@ fn demo_writes_consistent_overlays_and_summary() {
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["model_trained"], trained);
-    // the bundled model runs the matching head; --init lite0 an untrained paper head
-    let head = if trained { "matching" } else { "paper" };
+    // the bundled model runs the cross_matching head; --init lite0 an untrained paper head
+    let head = if trained { "cross_matching" } else { "paper" };
     assert_eq!(summary["model_head"], head, "{summary}");
     assert_eq!(
         summary["classes"],
