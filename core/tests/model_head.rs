@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use mce_core::config::{Attention, Branches, HeadKind, MceConfig};
 use mce_core::model::decoder::DecoderInput;
-use mce_core::model::{Head, Mode};
+use mce_core::model::{Head, Mode, QueryEncoding, SupportEncoding};
 use mce_core::{Features, Mce};
 
 fn features(cfg: &MceConfig, b: usize, seed: f32) -> Result<Features> {
@@ -253,17 +253,23 @@ fn k_shot_decoder_input_is_the_average_of_single_shots() -> Result<()> {
     Ok(())
 }
 
+/// A batch of two episodes: the query encoding and two support shots with different masks.
+fn two_shot_episodes(cfg: &MceConfig, m: &Mce) -> Result<(QueryEncoding, Vec<SupportEncoding>)> {
+    let q = m.encode_query(&features(cfg, 2, 1.0)?, Mode::Eval)?;
+    let shots = (0..2)
+        .map(|k| {
+            let mask = block_mask(2, cfg.image_size, 8 + 8 * k, 40)?;
+            m.encode_support(&features(cfg, 2, 5.0 + k as f32)?, &mask, Mode::Eval)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((q, shots))
+}
+
 #[test]
 fn matching_head_averages_a_sim_and_matches_priors_over_all_shots() -> Result<()> {
     let cfg = small_matching();
     let (_, m) = head(&cfg)?;
-    let q = m.encode_query(&features(&cfg, 2, 1.0)?, Mode::Eval)?;
-    let shots = (0..2)
-        .map(|k| {
-            let mask = block_mask(2, cfg.image_size, 8 + 8 * k, 40)?;
-            m.encode_support(&features(&cfg, 2, 5.0 + k as f32)?, &mask, Mode::Eval)
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let (q, shots) = two_shot_episodes(&cfg, &m)?;
     let joint = m.decoder_input(&q, &shots)?;
     assert_eq!(joint.tensor()?.dim(1)?, cfg.decoder_in());
     let priors = |x: &mce_core::model::decoder::DecoderInput| -> Result<Tensor> {
@@ -417,13 +423,7 @@ fn the_decoder_by_parts_matches_the_concatenated_input() -> Result<()> {
         small_matching(),
     ] {
         let (_, m) = head(&cfg)?;
-        let q = m.encode_query(&features(&cfg, 2, 1.0)?, Mode::Eval)?;
-        let shots = (0..2)
-            .map(|k| {
-                let mask = block_mask(2, cfg.image_size, 8 + 8 * k, 40)?;
-                m.encode_support(&features(&cfg, 2, 5.0 + k as f32)?, &mask, Mode::Eval)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let (q, shots) = two_shot_episodes(&cfg, &m)?;
         let x = m.decoder_input(&q, &shots)?;
         let decoder = match m.head() {
             Head::Paper(h) => h.decoder(),
