@@ -1,12 +1,13 @@
 //! The head's 2-D convolution: candle_nn's `Conv2d` names (`weight`, `bias`) and initialisation,
 //! but 1×1 convolutions run as a matrix product, which is ~3× faster than candle's 1×1 `conv2d`
 //! forward and backward on CPU (the head has a dozen of them), and on the CPU the other stride-1
-//! convolutions (the decoder's dilated 3×3s) run as [`conv2d_shifted`], one GEMM and shifted sums.
+//! convolutions (the decoder's dilated 3×3s) run as one GEMM and shifted sums
+//! ([`crate::ops::shifted_conv`]).
 //!
 //! Each conv carries an optional quantization hook ([`crate::quant::layers`]), given at
 //! construction by the plan of its [`QuantVarBuilder`]; without one it is a plain f32 conv.
 
-use crate::ops::shifted_conv::{conv2d_shifted, sum_shifted, tap_products, tap_weights};
+use crate::ops::shifted_conv::{sum_shifted, tap_products, tap_weights};
 use crate::quant::layers::{pointwise_conv, LayerHook, LayerInfo, LayerKind};
 use crate::quant::QuantVarBuilder;
 use candle_core::{Module, Result, Tensor};
@@ -96,15 +97,17 @@ impl Conv {
     /// `W[:, channels] · part` for every tap: `part (B, c, H, W)` → `(B, taps·O, H, W)`; a
     /// `(B, c, 1, 1)` part (a vector tiled over the grid) gives `(B, taps·O, 1, 1)`.
     pub fn products(&self, part: &Tensor, channels: std::ops::Range<usize>) -> Result<Tensor> {
-        let taps = self.taps()?.narrow(1, channels.start, channels.len())?;
-        tap_products(&taps, part)
+        let taps = self.taps_of(&self.weight)?;
+        tap_products(&taps.narrow(1, channels.start, channels.len())?, part)
     }
 
-    /// The packed weight: kept from construction, or packed now (trainable weights change).
-    fn taps(&self) -> Result<Tensor> {
-        match &self.taps {
-            Some(t) => Ok(t.clone()),
-            None => tap_weights(&self.weight),
+    /// `weight` (this conv's, or its fake-quantized copy) packed with its taps in front: the copy
+    /// packed at construction when `weight` is the fixed weight itself, else packed now.
+    fn taps_of(&self, weight: &Tensor) -> Result<Tensor> {
+        let fake = self.quant.as_ref().is_some_and(|h| h.fake_weight);
+        match (&self.taps, fake) {
+            (Some(t), false) => Ok(t.clone()),
+            _ => tap_weights(weight),
         }
     }
 
@@ -158,10 +161,8 @@ impl Module for Conv {
         let c = &self.config;
         let ys = if (kh, kw, c.padding, c.stride) == (1, 1, 0, 1) {
             pointwise_conv(&xs, &weight, self.quant.as_deref())?
-        } else if xs.device().is_cpu() && self.splits() {
-            self.shifted(&self.products(&xs, 0..xs.dim(1)?)?)?
         } else if xs.device().is_cpu() && (c.stride, c.groups) == (1, 1) {
-            conv2d_shifted(&xs, &weight, c.padding, c.dilation)?
+            self.shifted(&tap_products(&self.taps_of(&weight)?, &xs)?)?
         } else {
             xs.conv2d(&weight, c.padding, c.stride, c.dilation, c.groups)?
         };
@@ -201,7 +202,29 @@ mod tests {
             },
             vb.pp("b").into(),
         )?;
+        let cfg = Conv2dConfig {
+            padding: 2,
+            dilation: 2,
+            ..Default::default()
+        };
+        let theirs3 = candle_nn::conv2d(6, 4, 3, cfg, vb.pp("b"))?.forward(&x)?;
         assert_eq!(three.forward(&x)?.dims(), &[2, 4, 5, 3]);
+        // trainable (packed per call) and fixed weights (packed once at construction)
+        let fixed_vb = candle_nn::VarBuilder::from_tensors(
+            vm.data()
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+                .collect(),
+            DType::F32,
+            &dev,
+        );
+        let fixed = conv2d(6, 4, 3, cfg, fixed_vb.pp("b").into())?;
+        for y in [three.forward(&x)?, fixed.forward(&x)?] {
+            let d = (y - &theirs3)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(d < 1e-5, "{d}");
+        }
         Ok(())
     }
 }

@@ -98,8 +98,9 @@ impl Aspp {
             for (part, range) in &parts {
                 let term = match (part, &input.query_products) {
                     (Part::Query(_), Some(qp)) => qp.0[i].clone(),
-                    (Part::Query(t), None) => conv.products(t, range.clone())?,
-                    (Part::Tiled(t), _) => conv.products(t, range.clone())?,
+                    (Part::Query(t), None) | (Part::Tiled(t), _) => {
+                        conv.products(t, range.clone())?
+                    }
                     (Part::Map(_), _) => continue, // in `rest`
                 };
                 z = Some(match z {
