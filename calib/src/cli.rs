@@ -116,6 +116,7 @@ impl CalibrateArgs {
             list: self.list.clone(),
             split: self.split.clone(),
             min_pixels: self.min_pixels,
+            filter_min_pixels: Protocol::default().filter_min_pixels,
         })
     }
 }

@@ -18,7 +18,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    mce_train::alloc::retain_freed_memory();
+    mce_core::alloc::retain_freed_memory();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()

@@ -38,7 +38,8 @@ use std::time::Instant;
 #[allow(dead_code)]
 mod golden;
 
-// As the device and trainer binaries: big short-lived tensors are not page-faulted in each time.
+// As the device and trainer binaries (with `mce_core::alloc::retain_freed_memory` first in `main`):
+// big short-lived tensors are not page-faulted in each time.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -423,6 +424,7 @@ fn run_case(args: &Args, dev: &Device) -> Result<(Vec<f64>, BTreeMap<String, f64
 }
 
 fn main() -> Result<()> {
+    mce_core::alloc::retain_freed_memory();
     let args = parse_args()?;
     let dev = Device::Cpu;
     let t = Instant::now();

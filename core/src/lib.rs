@@ -21,8 +21,10 @@
 //! [`config`] (with the migration of older checkpoints' configs), [`checkpoint`] (safetensors +
 //! serde config), [`preprocess`], [`metrics`], [`inference`] (support encoding cache for the
 //! device), [`ops`] (differentiable helpers and kernels candle lacks), [`quant`] (int8: plans passed
-//! to the model through a [`quant::QuantVarBuilder`], calibration, the artifact).
+//! to the model through a [`quant::QuantVarBuilder`], calibration, the artifact), [`alloc`] (the
+//! binaries' allocator setting: freed memory kept for the next frame or step).
 
+pub mod alloc;
 pub mod backbone;
 pub mod checkpoint;
 pub mod config;

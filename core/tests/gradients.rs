@@ -3,9 +3,10 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+use mce_core::model::init::{seeded_varbuilder_with, InitScheme};
 use mce_core::model::loss::cross_entropy_ignore;
 use mce_core::model::Mode;
-use mce_core::{AnyBackbone, Backbone, Mce, MceConfig};
+use mce_core::{AnyBackbone, Backbone, Features, Mce, MceConfig};
 
 fn block(s: usize, lo: usize, hi: usize) -> Vec<f32> {
     (0..s * s)
@@ -74,5 +75,78 @@ fn every_head_variable_gets_a_gradient_and_the_backbone_none() -> Result<()> {
             "backbone `{name}` got a gradient"
         );
     }
+    Ok(())
+}
+
+/// The loss of one fixed train-mode pass (dropout drawn from a fixed seed).
+fn episode_loss(
+    head: &Mce,
+    query: &Features,
+    shot: &(Features, Tensor),
+    labels: &Tensor,
+) -> Result<Tensor> {
+    let logits = head.forward(query, std::slice::from_ref(shot), Mode::Train { seed: 3 })?;
+    cross_entropy_ignore(&logits, labels)
+}
+
+/// Each head variable's gradient against central differences of the loss along it: the
+/// directional derivative along the gradient's own direction must equal its squared norm (to 10 %:
+/// f32, and ReLU kinks within the step). Checks the CPU kernels' backward passes (shifted sums,
+/// softmax) in the composition the trainer runs, on the trainer's seeded variables.
+#[test]
+fn head_gradients_match_finite_differences() -> Result<()> {
+    let dev = Device::Cpu;
+    let cfg = MceConfig {
+        image_size: 64,
+        ..MceConfig::edge_lite0()
+    };
+    let s = cfg.image_size;
+    let ch = cfg.backbone.channels();
+    let level = |i: usize, seed: f32| -> Result<Tensor> {
+        let g = cfg.level_grid(i + 2);
+        Tensor::rand(0f32, 1f32, (1, ch[i], g, g), &dev)?.affine(1.0, f64::from(seed))
+    };
+    let feats = |seed: f32| -> Result<Features> {
+        Ok(Features {
+            level2: level(0, seed)?,
+            level3: level(1, seed)?,
+            level4: level(2, seed)?,
+        })
+    };
+    let query = feats(0.0)?;
+    let shot = (
+        feats(0.1)?,
+        Tensor::from_vec(block(s, 16, 48), (1, 1, s, s), &dev)?,
+    );
+    let labels = Tensor::from_vec(block(s, 20, 50), (1, s, s), &dev)?.to_dtype(DType::U8)?;
+    let vars = VarMap::new();
+    let vb = seeded_varbuilder_with(&vars, 0, InitScheme::Torch, DType::F32, &dev);
+    let head = Mce::new(&cfg, vb)?;
+    let grads = episode_loss(&head, &query, &shot, &labels)?.backward()?;
+    let data = vars.data().lock().unwrap();
+    let mut names: Vec<_> = data.keys().cloned().collect();
+    names.sort();
+    let mut bad = vec![];
+    for name in names {
+        let var = &data[&name];
+        let g = grads.get(var.as_tensor()).expect("gradient").clone();
+        let norm = g.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
+        if norm < 1e-4 {
+            continue;
+        }
+        let w0 = var.as_tensor().copy()?;
+        let eps = 1e-2 / norm as f64;
+        let mut at = |sign: f64| -> Result<f32> {
+            var.set(&(&w0 + (&g * (sign * eps))?)?)?;
+            episode_loss(&head, &query, &shot, &labels)?.to_scalar::<f32>()
+        };
+        let fd = (at(1.0)? - at(-1.0)?) / (2.0 * eps as f32);
+        var.set(&w0)?;
+        let want = norm * norm;
+        if (fd - want).abs() > 0.1 * want + 1e-4 {
+            bad.push(format!("{name}: analytic {want:.4e}, numeric {fd:.4e}"));
+        }
+    }
+    assert!(bad.is_empty(), "gradients off:\n{}", bad.join("\n"));
     Ok(())
 }

@@ -27,7 +27,7 @@ fn features(cfg: &MceConfig, b: usize, dev: &Device) -> candle_core::Result<Feat
 }
 
 fn main() -> anyhow::Result<()> {
-    mce_train::alloc::retain_freed_memory();
+    mce_core::alloc::retain_freed_memory();
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .map(|a| a.parse().unwrap())

@@ -33,7 +33,6 @@
 //! Images and masks are decoded with `mce_core::preprocess` (`load_rgb`, `load_mask`), so the
 //! trainer and the device read data the same way.
 
-pub mod alloc;
 pub mod augment;
 pub mod baselines;
 pub mod data;

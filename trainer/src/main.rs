@@ -11,7 +11,7 @@ use mce_train::data::{check_data, CheckOptions, DatasetArgs};
 
 /// Attention maps and feature caches are large and short-lived; glibc returns every allocation over
 /// 32 MB to the OS and pays page faults on the next one. mimalloc, told to keep freed memory
-/// ([`mce_train::alloc`]), reuses them.
+/// ([`mce_core::alloc`]), reuses them.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -85,7 +85,7 @@ fn check_data_cmd(a: &CheckDataArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    mce_train::alloc::retain_freed_memory();
+    mce_core::alloc::retain_freed_memory();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()

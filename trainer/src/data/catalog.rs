@@ -23,7 +23,8 @@ pub struct Protocol {
     /// A class counts in an image (as query or support) only with at least this many pixels.
     pub min_pixels: u64,
     /// A training image is removed when it holds at least this many pixels of a test class. The
-    /// field (PFENet / BAM `filter_intersection`) removes it for any pixel: default 1.
+    /// field (PFENet / BAM `filter_intersection`) removes it for any pixel: default 1. 0 removes
+    /// none (test classes then reach training as background: an ablation, not the protocol).
     pub filter_min_pixels: u64,
 }
 
@@ -209,14 +210,16 @@ impl Catalog {
     }
 
     /// For each of `classes`, the images where it counts (`protocol.min_pixels`), leaving out
-    /// every image holding at least `protocol.filter_min_pixels` pixels of one of `exclude`.
+    /// every image holding at least `protocol.filter_min_pixels` pixels of one of `exclude`
+    /// (none when that is 0).
     pub fn pool(&self, classes: &[ClassId], exclude: &[ClassId]) -> ClassPool {
         let scan = self.scan();
         let p = self.protocol;
         let excluded = |i: usize| {
-            exclude
-                .iter()
-                .any(|&c| scan.images[i].pixels(c) >= p.filter_min_pixels.max(1))
+            p.filter_min_pixels > 0
+                && exclude
+                    .iter()
+                    .any(|&c| scan.images[i].pixels(c) >= p.filter_min_pixels)
         };
         let mut map = BTreeMap::new();
         for &class in classes {

@@ -78,6 +78,10 @@ pub struct DatasetArgs {
     /// Pixels a class needs to count in an image.
     #[arg(long, default_value_t = Protocol::default().min_pixels)]
     pub min_pixels: u64,
+    /// Training images holding at least this many pixels of a test class are removed (the
+    /// field's rule: any pixel). 0 keeps them (test classes then appear as background).
+    #[arg(long, default_value_t = Protocol::default().filter_min_pixels)]
+    pub filter_min_pixels: u64,
 }
 
 impl DatasetArgs {
@@ -88,7 +92,7 @@ impl DatasetArgs {
             split: self.split.clone(),
             protocol: Protocol {
                 min_pixels: self.min_pixels,
-                ..Protocol::default()
+                filter_min_pixels: self.filter_min_pixels,
             },
         };
         open_dataset(self.dataset, &self.root, &options)

@@ -154,17 +154,20 @@ fn join<T: ToString>(v: &[T]) -> String {
 
 impl Display for DataReport {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        let filter = match self.protocol.filter_min_pixels {
+            0 => "no training image is removed for its test classes".to_string(),
+            n => format!("training images with >= {n} pixels of a test class are removed"),
+        };
         writeln!(
             f,
             "dataset {} at {}: {} images, {} classes, {} folds; a class counts with >= {} pixels, \
-             training images with >= {} pixels of a test class are removed; shots {}",
+             {filter}; shots {}",
             self.dataset,
             self.root.display(),
             self.images,
             self.classes.len(),
             self.n_folds,
             self.protocol.min_pixels,
-            self.protocol.filter_min_pixels,
             self.shots
         )?;
         writeln!(f, "\n{}", self.class_table())?;

@@ -98,6 +98,15 @@ fn pascal_classes_folds_threshold_filter() -> Result<()> {
     // has no training image although it counts in p3.
     assert_eq!(ds.catalog().class_images(7, 2048), [2]);
     assert!(ds.train_pool(0, 4)?.images(7).is_empty());
+    // Filter 0 keeps every image (the test-class ablation): p3 is back for c7; a filter above
+    // p3's 1600 px of c1 keeps it too, one at 1600 removes it.
+    for (filter, c7) in [(0, vec![2]), (1601, vec![2]), (1600, vec![])] {
+        ds.set_protocol(Protocol {
+            filter_min_pixels: filter,
+            ..Protocol::default()
+        });
+        assert_eq!(ds.train_pool(0, 4)?.images(7), c7, "filter {filter}");
+    }
     // The threshold is a parameter.
     ds.set_protocol(Protocol {
         min_pixels: 1,
