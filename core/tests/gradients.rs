@@ -136,7 +136,7 @@ fn head_gradients_match_finite_differences() -> Result<()> {
         }
         let w0 = var.as_tensor().copy()?;
         let eps = 1e-2 / norm as f64;
-        let mut at = |sign: f64| -> Result<f32> {
+        let at = |sign: f64| -> Result<f32> {
             var.set(&(&w0 + (&g * (sign * eps))?)?)?;
             episode_loss(&head, &query, &shot, &labels)?.to_scalar::<f32>()
         };
