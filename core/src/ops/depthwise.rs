@@ -5,7 +5,8 @@
 //! module computes it directly as a candle [`CustomOp2`] on CPU/f32 (10-60x faster):
 //!
 //! * every `(batch, channel)` plane is independent; planes are split into contiguous chunks, one per
-//!   worker thread (`std::thread::scope`, `available_parallelism` workers);
+//!   worker of rayon's global pool (the pool candle's own kernels run on, so `RAYON_NUM_THREADS`
+//!   applies and no second set of threads competes with rayon's spinning workers);
 //! * each plane is first copied into a zero-padded scratch plane whose rows are stored *phase-split*
 //!   by the stride (for stride `s`, padded column `x` goes to phase `x % s`, slot `x / s`), so every
 //!   kernel tap of every output row reads one contiguous slice: no border branches, no gathers;
@@ -18,6 +19,7 @@
 //! or device, the functions fall back to candle's differentiable `conv2d(groups = C)`.
 
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 /// Depthwise 2-D convolution: `xs (B, C, H, W)`, `weight (C, 1, kh, kw)`, symmetric zero `padding`.
 ///
@@ -193,7 +195,7 @@ impl Plan {
         }
         // Roughly 64k multiply-adds per worker at least, so tiny convs do not pay for threads.
         let work = planes * out_sz * k_sz;
-        let max_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let max_threads = rayon::current_num_threads();
         let threads = max_threads.min(planes).min(work.div_ceil(1 << 16)).max(1);
         let per_thread = planes.div_ceil(threads);
         let job = |first: usize, out: &mut [f32]| {
@@ -212,12 +214,9 @@ impl Plan {
         if threads == 1 {
             job(0, &mut out);
         } else {
-            std::thread::scope(|scope| {
-                for (t, chunk) in out.chunks_mut(per_thread * out_sz).enumerate() {
-                    let job = &job;
-                    scope.spawn(move || job(t * per_thread, chunk));
-                }
-            });
+            out.par_chunks_mut(per_thread * out_sz)
+                .enumerate()
+                .for_each(|(t, chunk)| job(t * per_thread, chunk));
         }
         out
     }

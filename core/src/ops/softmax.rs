@@ -16,6 +16,7 @@ use candle_core::{
     bail, CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Layout, MetalStorage, Result,
     Shape, Tensor, D,
 };
+use rayon::prelude::*;
 
 /// Softmax over the last dimension, differentiable. Rows whose logits are `-inf` give exactly `0` there
 /// (a row needs at least one finite logit, as with any softmax).
@@ -161,11 +162,11 @@ impl CustomOp2 for SoftmaxFromResult {
 /// Below this many elements the kernel runs on the calling thread only.
 const MIN_ELEMS_PER_THREAD: usize = 1 << 15;
 
-/// Softmax of each `row`-long row of `src` into `dst`, the rows split over the available cores.
+/// Softmax of each `row`-long row of `src` into `dst`, the rows split over rayon's global pool (the
+/// one candle's kernels use).
 fn softmax_rows_parallel(src: &[f32], dst: &mut [f32], row: usize) {
     let rows = src.len() / row;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
+    let threads = rayon::current_num_threads()
         .min(rows)
         .min(src.len() / MIN_ELEMS_PER_THREAD)
         .max(1);
@@ -174,16 +175,9 @@ fn softmax_rows_parallel(src: &[f32], dst: &mut [f32], row: usize) {
         return;
     }
     let chunk = rows.div_ceil(threads) * row;
-    std::thread::scope(|scope| {
-        let mut pairs = src.chunks(chunk).zip(dst.chunks_mut(chunk));
-        let first = pairs.next();
-        for (s, d) in pairs {
-            scope.spawn(move || softmax_rows(s, d, row));
-        }
-        if let Some((s, d)) = first {
-            softmax_rows(s, d, row);
-        }
-    });
+    src.par_chunks(chunk)
+        .zip(dst.par_chunks_mut(chunk))
+        .for_each(|(s, d)| softmax_rows(s, d, row));
 }
 
 /// Softmax of each `row`-long row of `src` into `dst` on this thread, AVX2 code when available.
