@@ -4,7 +4,7 @@
 //! temporaries) or the fused `candle_nn::ops::softmax_last_dim` (no backward, scalar libm `exp` per
 //! element). [`softmax_last_dim`] here is one custom op with both:
 //!
-//! * forward (CPU, f32): rows split over `std::thread::scope` threads; per row the max, a vectorisable
+//! * forward (CPU, f32): rows split over rayon's global pool; per row the max, a vectorisable
 //!   Cephes-style `exp` ([`exp_approx`]), the sum and a scale by `1/sum`. The row kernel is plain f32
 //!   arithmetic over fixed-width lane arrays so LLVM auto-vectorises it; on x86-64 an AVX2 copy of the
 //!   same code is picked at run time (no FMA contraction, so both copies give bit-identical results);
