@@ -119,6 +119,7 @@ fn config(steps: usize) -> TrainConfig {
         online: true,
         loss: Default::default(),
         init: Default::default(),
+        init_from: None,
     }
 }
 

@@ -67,6 +67,7 @@ fn train_config(steps: usize) -> TrainConfig {
         online: false,
         loss: Default::default(),
         init: Default::default(),
+        init_from: None,
     }
 }
 

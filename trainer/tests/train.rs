@@ -44,6 +44,7 @@ fn config(steps: usize) -> TrainConfig {
         online: false,
         loss: Default::default(),
         init: Default::default(),
+        init_from: None,
     }
 }
 

@@ -154,7 +154,9 @@ pub struct TrainArgs {
     /// `<out>/control.safetensors`).
     #[arg(long, requires = "qat")]
     pub qat_control: bool,
-    /// The float checkpoint QAT starts from.
+    /// The checkpoint the head starts from: with --qat, the float checkpoint to fine-tune;
+    /// otherwise a warm start, e.g. a `cross-matching` head from a trained `paper` head (every
+    /// tensor that fits is copied, wider decoder inputs get zeros; the rest starts from --seed).
     #[arg(long)]
     pub from: Option<PathBuf>,
     /// Calibration table (`mce-calib calibrate --table`) with the starting scales.
@@ -225,6 +227,7 @@ impl TrainArgs {
                 InitArg::Candle => InitScheme::Candle,
                 InitArg::Torch => InitScheme::Torch,
             },
+            init_from: if self.qat { None } else { self.from.clone() },
         })
     }
 }

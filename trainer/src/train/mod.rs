@@ -5,7 +5,8 @@
 //! ```text
 //! dataset ─ train_pool(fold) ─ split ─▶ train pool / validation queries (training classes only)
 //!   FeatureStore (backbone once per image × variant; online: validation images only)
-//!   head from seed, SGD; --resume: head + optimizer state from last.safetensors
+//!   head from seed [--from: warm start from a checkpoint], SGD;
+//!   --resume: head + optimizer state from last.safetensors
 //!   [online: images of each step ─ augment ─ backbone]
 //!   step s: seed_s = hash(seed, s) ─▶ K, episodes, variants, dropout ─▶ Batch ─▶ head ─▶ loss
 //!           (CE, or CE + Dice) ─▶ backward ─▶ SGD (momentum, decay) at warm-up + poly LR
@@ -19,6 +20,7 @@ pub mod qat;
 mod run;
 pub mod state;
 pub mod validate;
+pub mod warm_start;
 
 use crate::data::FewShotDataset;
 use crate::optim::SgdConfig;
@@ -71,6 +73,10 @@ pub struct TrainConfig {
     /// How the head's conv and linear weights are drawn (absent from older runs: candle's).
     #[serde(default)]
     pub init: InitScheme,
+    /// Warm start ([`warm_start`]): the head starts from this checkpoint's tensors, those it
+    /// lacks from `seed` (absent from older runs: none).
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
 }
 
 impl TrainConfig {

@@ -135,6 +135,19 @@ impl TrainModel {
             device,
         );
         let head = Mce::new(&cfg.model, vb)?;
+        if let Some(from) = &cfg.init_from {
+            let file = checkpoint::read(from, device)?;
+            let done = super::warm_start::load_into(&file, &cfg.model, &varmap)?;
+            tracing::info!(
+                "warm start from {}: {} tensors copied, {} widened ({}), {} from the seed ({})",
+                from.display(),
+                done.copied.len(),
+                done.widened.len(),
+                done.widened.join(", "),
+                done.kept.len(),
+                done.kept.join(", ")
+            );
+        }
         let opt = Sgd::from_varmap(&varmap, cfg.sgd);
         let backbone_tensors = state::backbone_tensors(backbone_weights, device)?;
         Ok(TrainModel {
