@@ -13,6 +13,7 @@
 //! [`EfficientNetLite0::classify`] and is optional.
 
 use super::{Backbone, BackboneKind, Features};
+use crate::ops::epilogue::Activation;
 use crate::ops::frozen::{ConvGeometry, FrozenConvBn};
 use crate::quant::QuantVarBuilder;
 use candle_core::{DType, Device, Module, Result, Tensor};
@@ -84,17 +85,14 @@ pub fn same_padding(size: usize, kernel: usize, stride: usize) -> (usize, usize)
     (total / 2, total - total / 2)
 }
 
-/// ReLU6.
-fn relu6(xs: &Tensor) -> Result<Tensor> {
-    xs.clamp(0f32, 6f32)
-}
-
-/// A frozen conv + BN with TF-SAME padding, computed from the input size at each call.
+/// A frozen conv + BN + activation with TF-SAME padding, computed from the input size at each
+/// call.
 #[derive(Debug, Clone)]
 struct SameConvBn {
     conv: FrozenConvBn,
     kernel: usize,
     stride: usize,
+    act: Activation,
 }
 
 impl SameConvBn {
@@ -105,21 +103,24 @@ impl SameConvBn {
         shape: (usize, usize, usize),
         stride: usize,
         groups: usize,
+        act: Activation,
     ) -> Result<Self> {
         let geometry = ConvGeometry::new(stride, 0, 1, groups);
         Ok(Self {
             conv: FrozenConvBn::new(conv, bn, shape, geometry, BN_EPS)?,
             kernel: shape.2,
             stride,
+            act,
         })
     }
 
-    /// `(B, in, H, W)` -> `(B, out, ceil(H / s), ceil(W / s))`.
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    /// `(B, in, H, W)` -> `act(conv(xs) [+ residual])`: `(B, out, ceil(H / s), ceil(W / s))`.
+    fn forward(&self, xs: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         let (_, _, h, w) = xs.dims4()?;
         let (top, bottom) = same_padding(h, self.kernel, self.stride);
         let (left, right) = same_padding(w, self.kernel, self.stride);
-        self.conv.forward_padded(xs, [top, bottom, left, right])
+        self.conv
+            .forward_padded_act(xs, [top, bottom, left, right], self.act, residual)
     }
 }
 
@@ -137,13 +138,14 @@ impl Stem {
             (STEM_CHANNELS, 3, 3),
             2,
             1,
+            Activation::Relu6,
         )?;
         Ok(Self { conv })
     }
 
     /// `(B, 3, H, W)` -> `(B, 32, H/2, W/2)`.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        relu6(&self.conv.forward(xs)?)
+        self.conv.forward(xs, None)
     }
 }
 
@@ -179,6 +181,7 @@ impl MbConvBlock {
                 (mid, in_ch, 1),
                 1,
                 1,
+                Activation::Relu6,
             )?)
         };
         let depthwise = SameConvBn::new(
@@ -187,6 +190,7 @@ impl MbConvBlock {
             (mid, mid, kernel),
             stride,
             mid,
+            Activation::Relu6,
         )?;
         let project = SameConvBn::new(
             vb.pp("_project_conv"),
@@ -194,6 +198,7 @@ impl MbConvBlock {
             (out_ch, mid, 1),
             1,
             1,
+            Activation::Identity,
         )?;
         Ok(Self {
             expand,
@@ -206,16 +211,12 @@ impl MbConvBlock {
     /// `(B, in, H, W)` -> `(B, out, ceil(H / s), ceil(W / s))`.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let h = match &self.expand {
-            Some(expand) => relu6(&expand.forward(xs)?)?, // (B, mid, H, W)
+            Some(expand) => expand.forward(xs, None)?, // (B, mid, H, W), ReLU6
             None => xs.clone(),
         };
-        let h = relu6(&self.depthwise.forward(&h)?)?; // (B, mid, H/s, W/s)
-        let h = self.project.forward(&h)?; // (B, out, H/s, W/s)
-        if self.residual {
-            h + xs
-        } else {
-            Ok(h)
-        }
+        let h = self.depthwise.forward(&h, None)?; // (B, mid, H/s, W/s), ReLU6
+        let residual = self.residual.then_some(xs);
+        self.project.forward(&h, residual) // (B, out, H/s, W/s), linear [+ xs]
     }
 }
 
@@ -234,6 +235,7 @@ impl Head {
             (HEAD_CHANNELS, in_ch, 1),
             1,
             1,
+            Activation::Relu6,
         )?;
         let fc = candle_nn::linear(HEAD_CHANNELS, NUM_CLASSES, vb.pp("_fc").vb().clone())?;
         Ok(Self { conv, fc })
@@ -241,7 +243,7 @@ impl Head {
 
     /// `(B, 320, h, w)` -> logits `(B, 1000)`.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = relu6(&self.conv.forward(xs)?)?; // (B, 1280, h, w)
+        let xs = self.conv.forward(xs, None)?; // (B, 1280, h, w), ReLU6
         let pooled = xs.mean((2, 3))?; // (B, 1280)
         self.fc.forward(&pooled)
     }

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::{Backbone, BackboneKind, Features};
+use crate::ops::epilogue::Activation;
 use crate::ops::frozen::{ConvGeometry, FrozenConvBn};
 use crate::quant::QuantVarBuilder;
 use candle_core::{DType, Device, Module, Result, Tensor};
@@ -162,14 +163,14 @@ impl Bottleneck {
 impl Module for Bottleneck {
     /// `(B, in, H, W)` -> `(B, out, H/stride, W/stride)`.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let ys = self.conv1.forward(xs)?.relu()?;
-        let ys = self.conv2.forward(&ys)?.relu()?;
-        let ys = self.conv3.forward(&ys)?;
+        let ys = self.conv1.forward_act(xs, Activation::Relu, None)?;
+        let ys = self.conv2.forward_act(&ys, Activation::Relu, None)?;
         let identity = match &self.downsample {
             Some(d) => d.forward(xs)?,
             None => xs.clone(),
         };
-        (ys + identity)?.relu()
+        self.conv3
+            .forward_act(&ys, Activation::Relu, Some(&identity))
     }
 }
 
@@ -220,7 +221,7 @@ impl ResNet50 {
 
     /// `(B, 3, H, W)` -> `(B, 64, H/4, W/4)`: conv 7×7/2, ReLU, max-pool 3×3/2 pad 1.
     fn stem_forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let ys = self.stem.forward(xs)?.relu()?;
+        let ys = self.stem.forward_act(xs, Activation::Relu, None)?;
         // After ReLU every value is >= 0 and each 3×3 window holds at least one real pixel, so zero
         // padding gives exactly the result of PyTorch's -inf padding.
         let ys = ys.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;

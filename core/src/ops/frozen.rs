@@ -8,6 +8,7 @@
 //! quantization hook ([`crate::quant::layers`]) named after its conv prefix, given by the plan of
 //! its [`QuantVarBuilder`].
 
+use super::epilogue::{bias_act, Activation};
 use crate::quant::layers::{pointwise_conv, LayerHook, LayerInfo, LayerKind};
 use crate::quant::QuantVarBuilder;
 use candle_core::{Result, Tensor};
@@ -94,8 +95,30 @@ impl FrozenConvBn {
 
     /// Apply to `(B, I, H, W)` with the geometry's symmetric padding.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_act(xs, Activation::Identity, None)
+    }
+
+    /// `act(conv(xs) + residual)` with the geometry's symmetric padding; the bias, residual and
+    /// activation in one pass ([`super::epilogue`]).
+    pub fn forward_act(
+        &self,
+        xs: &Tensor,
+        act: Activation,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let p = self.geometry.padding;
-        self.forward_padded(xs, [p, p, p, p])
+        self.forward_padded_act(xs, [p, p, p, p], act, residual)
+    }
+
+    /// [`FrozenConvBn::forward_padded`] followed by `act(· + residual)`, fused.
+    pub fn forward_padded_act(
+        &self,
+        xs: &Tensor,
+        pads: [usize; 4],
+        act: Activation,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        bias_act(self.conv_padded(xs, pads)?, &self.bias, residual, act)
     }
 
     /// Apply with explicit zero padding `[top, bottom, left, right]` (TF "SAME" pads asymmetrically),
@@ -103,6 +126,11 @@ impl FrozenConvBn {
     /// slower), depthwise convs go to [`super::depthwise`], other stride-1 convs on the CPU to
     /// [`super::shifted_conv`], the rest to candle's `conv2d`.
     pub fn forward_padded(&self, xs: &Tensor, pads: [usize; 4]) -> Result<Tensor> {
+        self.forward_padded_act(xs, pads, Activation::Identity, None)
+    }
+
+    /// The convolution without its bias, by the route [`FrozenConvBn::forward_padded`] describes.
+    fn conv_padded(&self, xs: &Tensor, pads: [usize; 4]) -> Result<Tensor> {
         let (xs, weight) = match &self.quant {
             Some(h) => (h.input(xs)?, h.weight(&self.weight)?),
             None => (xs.clone(), self.weight.clone()),
@@ -110,27 +138,27 @@ impl FrozenConvBn {
         let (xs, weight) = (&xs, &weight);
         let g = self.geometry;
         let (out_c, in_per_group, kh, kw) = weight.dims4()?;
-        let bias = self.bias.reshape((1, out_c, 1, 1))?;
-        let ys = if (kh, kw, g.stride, g.groups) == (1, 1, 1, 1) && pads == [0; 4] {
-            pointwise_conv(xs, weight, self.quant.as_deref())?
-        } else if g.groups > 1 && g.groups == out_c && in_per_group == 1 {
-            super::depthwise::depthwise_conv2d_padded(xs, weight, g.stride, pads, g.dilation)?
-        } else {
-            let [top, bottom, left, right] = pads;
-            // The symmetric part goes to the conv; only the surplus is padded explicitly.
-            let sym = top.min(bottom).min(left).min(right);
-            let xs = if pads == [sym; 4] {
-                xs.clone()
+        Ok(
+            if (kh, kw, g.stride, g.groups) == (1, 1, 1, 1) && pads == [0; 4] {
+                pointwise_conv(xs, weight, self.quant.as_deref())?
+            } else if g.groups > 1 && g.groups == out_c && in_per_group == 1 {
+                super::depthwise::depthwise_conv2d_padded(xs, weight, g.stride, pads, g.dilation)?
             } else {
-                xs.pad_with_zeros(2, top - sym, bottom - sym)?
-                    .pad_with_zeros(3, left - sym, right - sym)?
-            };
-            if xs.device().is_cpu() && (g.stride, g.groups) == (1, 1) {
-                super::shifted_conv::conv2d_shifted(&xs, weight, sym, g.dilation)?
-            } else {
-                xs.conv2d(weight, sym, g.stride, g.dilation, g.groups)?
-            }
-        };
-        ys.broadcast_add(&bias)
+                let [top, bottom, left, right] = pads;
+                // The symmetric part goes to the conv; only the surplus is padded explicitly.
+                let sym = top.min(bottom).min(left).min(right);
+                let xs = if pads == [sym; 4] {
+                    xs.clone()
+                } else {
+                    xs.pad_with_zeros(2, top - sym, bottom - sym)?
+                        .pad_with_zeros(3, left - sym, right - sym)?
+                };
+                if xs.device().is_cpu() && (g.stride, g.groups) == (1, 1) {
+                    super::shifted_conv::conv2d_shifted(&xs, weight, sym, g.dilation)?
+                } else {
+                    xs.conv2d(weight, sym, g.stride, g.dilation, g.groups)?
+                }
+            },
+        )
     }
 }

@@ -7,11 +7,13 @@
 //! * [`softmax`]: last-dim softmax via [`softmax::softmax_last_dim`], a fused, vectorised, multithreaded
 //!   CPU kernel with a backward pass (candle's fused `softmax_last_dim` has none and is slow).
 //! * [`frozen`]: convolution + BatchNorm folded into one convolution, for the frozen backbones.
+//! * [`epilogue`]: a frozen conv's bias, residual and activation in one in-place pass.
 //! * [`depthwise`]: a fast depthwise convolution (candle runs grouped convs one group at a time).
 //! * [`shifted_conv`]: a stride-1 convolution as one GEMM and shifted sums (candle's im2col gather is
 //!   slow on CPU).
 
 pub mod depthwise;
+pub mod epilogue;
 pub mod frozen;
 pub mod shifted_conv;
 pub mod softmax;
