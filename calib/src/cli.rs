@@ -250,7 +250,7 @@ pub fn run(cmd: &Command) -> Result<()> {
                 })
                 .collect();
             if let Some(p) = &a.json {
-                let v = serde_json::json!({"frames": a.frames, "threads": std::thread::available_parallelism().map_or(0, |n| n.get()), "models": rows});
+                let v = serde_json::json!({"frames": a.frames, "threads": mce_core::ops::compute_threads(), "models": rows});
                 std::fs::write(p, serde_json::to_string_pretty(&v)?)
                     .with_context(|| format!("writing {}", p.display()))?;
             }

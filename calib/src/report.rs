@@ -294,7 +294,7 @@ pub fn build(
              {} threads; the variants timed in turn, frame by frame",
             inputs.latency_frames,
             if device.is_cpu() { "CPU" } else { "GPU" },
-            std::thread::available_parallelism().map_or(0, |n| n.get())
+            mce_core::ops::compute_threads()
         ),
     })
 }

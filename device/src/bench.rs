@@ -183,7 +183,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         } else {
             "release"
         },
-        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        threads: mce_core::ops::compute_threads(),
         note: "median per stage; paper preset uses zero ResNet-50 weights (timing only)",
         results,
     };

@@ -82,6 +82,12 @@ pub fn softmax(xs: &Tensor) -> Result<Tensor> {
     softmax::softmax_last_dim(xs)
 }
 
+/// How many threads the CPU kernels run on: rayon's global pool, where candle's matmuls and this
+/// module's kernels run (`RAYON_NUM_THREADS`, otherwise one per core). For reports.
+pub fn compute_threads() -> usize {
+    rayon::current_num_threads()
+}
+
 /// SplitMix64: a tiny, well-mixed, reproducible 64-bit hash / generator step.
 pub fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
