@@ -190,3 +190,76 @@ fn trains_checkpoints_and_resumes_bit_for_bit() {
     .unwrap();
     assert_eq!(seg.config().image_size, 64);
 }
+
+/// `--from` without `--qat`: a `cross_matching` run starts from a trained `paper` run's head
+/// (at learning rate 0 its checkpoint is that start): shared tensors copied, the decoder's wider
+/// inputs zero after the paper head's channels, the prior skip at its own initialisation.
+#[test]
+fn a_warm_start_begins_from_the_given_checkpoint() {
+    let root = tmp("warm-data");
+    fixture(&root);
+    let ds = Folders::open(&root).unwrap();
+    let device = candle_core::Device::Cpu;
+    let weights_path = lite0_weights_path();
+    let paper_cfg = TrainConfig {
+        val_every_image: 0,
+        ..config(2)
+    };
+    let backbone = load_backbone(&paper_cfg.model, &weights_path, &device).unwrap();
+    let run = |cfg: &TrainConfig, dir: &Path| {
+        train(
+            &ds,
+            cfg,
+            &backbone,
+            &weights_path,
+            dir.to_path_buf(),
+            false,
+            &device,
+        )
+        .unwrap()
+    };
+    let paper_dir = tmp("warm-paper");
+    run(&paper_cfg, &paper_dir);
+    let paper = paper_dir.join("last.safetensors");
+    let cross_cfg = TrainConfig {
+        model: paper_cfg
+            .model
+            .clone()
+            .with_head(mce_core::config::HeadKind::CrossMatching),
+        sgd: SgdConfig {
+            lr: 0.0,
+            ..SgdConfig::default()
+        },
+        init_from: Some(paper.clone()),
+        ..paper_cfg.clone()
+    };
+    let cross_dir = tmp("warm-cross");
+    run(&cross_cfg, &cross_dir);
+    let (start, got) = (
+        weights(&paper),
+        weights(&cross_dir.join("last.safetensors")),
+    );
+    let got: std::collections::HashMap<_, _> = got.into_iter().collect();
+    for (name, want) in &start {
+        let have = &got[name];
+        if name.starts_with("decoder.aspp.") && name.ends_with(".weight") && have.len() > want.len()
+        {
+            // (out, in + 4, k, k): each output row is the paper row followed by zeros
+            let out = 32;
+            let (row_want, row_have) = (want.len() / out, have.len() / out);
+            for o in 0..out {
+                let row = &have[o * row_have..(o + 1) * row_have];
+                assert_eq!(
+                    &row[..row_want],
+                    &want[o * row_want..(o + 1) * row_want],
+                    "{name}"
+                );
+                assert!(row[row_want..].iter().all(|&v| v == 0.0), "{name}");
+            }
+        } else {
+            assert_eq!(have, want, "{name}");
+        }
+    }
+    assert_eq!(got["decoder.prior_skip.weight"], [6.0]);
+    assert_eq!(got.len(), start.len() + 1);
+}

@@ -123,6 +123,10 @@ pub fn train(
     } else {
         0
     };
+    // A resumed run has its weights; only a fresh start reads the warm-start checkpoint.
+    if let (0, Some(from)) = (start, &cfg.init_from) {
+        model.warm_start(from, cfg, device)?;
+    }
     let mut run = Run::new(cfg, files, start)?;
     let steps_done = run.train(&data, &mut model, device)?;
     Ok(run.finish(steps_done))

@@ -135,19 +135,6 @@ impl TrainModel {
             device,
         );
         let head = Mce::new(&cfg.model, vb)?;
-        if let Some(from) = &cfg.init_from {
-            let file = checkpoint::read(from, device)?;
-            let done = super::warm_start::load_into(&file, &cfg.model, &varmap)?;
-            tracing::info!(
-                "warm start from {}: {} tensors copied, {} widened ({}), {} from the seed ({})",
-                from.display(),
-                done.copied.len(),
-                done.widened.len(),
-                done.widened.join(", "),
-                done.kept.len(),
-                done.kept.join(", ")
-            );
-        }
         let opt = Sgd::from_varmap(&varmap, cfg.sgd);
         let backbone_tensors = state::backbone_tensors(backbone_weights, device)?;
         Ok(TrainModel {
@@ -156,6 +143,27 @@ impl TrainModel {
             opt,
             backbone_tensors,
         })
+    }
+
+    /// Warm start ([`super::warm_start`]): the head's variables from the checkpoint at `from`.
+    pub(super) fn warm_start(
+        &mut self,
+        from: &Path,
+        cfg: &TrainConfig,
+        device: &Device,
+    ) -> Result<()> {
+        let file = checkpoint::read(from, device)?;
+        let done = super::warm_start::load_into(&file, &cfg.model, &self.varmap)?;
+        tracing::info!(
+            "warm start from {}: {} tensors copied, {} widened ({}), {} from the seed ({})",
+            from.display(),
+            done.copied.len(),
+            done.widened.len(),
+            done.widened.join(", "),
+            done.kept.len(),
+            done.kept.join(", ")
+        );
+        Ok(())
     }
 
     /// Load the head and optimizer state of `files.last()` when it exists; the step to continue
