@@ -73,6 +73,7 @@ fn trained_checkpoint_segments_through_the_device_cli() {
         online: false,
         loss: Default::default(),
         init: Default::default(),
+        init_from: None,
     };
     let device = candle_core::Device::Cpu;
     let weights = lite0_weights_path();
