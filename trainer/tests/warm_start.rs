@@ -42,6 +42,14 @@ fn features(cfg: &MceConfig) -> Result<Features> {
     })
 }
 
+/// The variables of `vars` by name, as a checkpoint file holds them.
+fn tensors_of(vars: &VarMap) -> HashMap<String, Tensor> {
+    let vars = vars.data().lock().unwrap();
+    vars.iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect()
+}
+
 /// The margin `fg − bg` of `m`'s logits for one query and two shots.
 fn margin(m: &Mce, query: &Features, shots: &[(Features, Tensor)]) -> Result<Tensor> {
     let q = m.encode_query(query, Mode::Eval)?;
@@ -61,13 +69,7 @@ fn a_cross_matching_head_from_a_paper_head_is_its_logits_plus_the_rule() -> Resu
         path: "paper.safetensors".into(),
         config: paper_cfg.clone(),
         extra: BTreeMap::new(),
-        tensors: paper_vars
-            .data()
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect::<HashMap<_, _>>(),
+        tensors: tensors_of(&paper_vars),
     };
     let cross_cfg = small().with_head(HeadKind::CrossMatching);
     let (cross_vars, cross) = seeded(&cross_cfg, 4)?;
@@ -115,13 +117,7 @@ fn a_cross_matching_head_from_a_paper_head_is_its_logits_plus_the_rule() -> Resu
 fn a_tensor_that_does_not_fit_is_an_error_naming_the_file() -> Result<()> {
     let paper_cfg = small();
     let (paper_vars, _) = seeded(&paper_cfg, 3)?;
-    let mut tensors: HashMap<String, Tensor> = paper_vars
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect();
+    let mut tensors = tensors_of(&paper_vars);
     tensors.insert(
         "down_query.0.weight".into(),
         Tensor::zeros((3, 3, 1, 1), DType::F32, &Device::Cpu)?,
