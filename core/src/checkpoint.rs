@@ -12,7 +12,7 @@ use crate::config::MceConfig;
 use crate::error::{Error, Result};
 use crate::model::Mce;
 use crate::quant::QuantVarBuilder;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -270,19 +270,27 @@ pub fn load_head_into(file: &CheckpointFile, varmap: &VarMap) -> Result<()> {
         }
         var.set(&t.to_dtype(var.dtype())?)?;
     }
-    let mut unknown: Vec<&String> = file
-        .tensors
-        .keys()
-        .filter(|k| !k.starts_with(BACKBONE_PREFIX) && !vars.contains_key(*k))
-        .collect();
-    unknown.sort();
-    if let Some(name) = unknown.first() {
+    if let Some(name) = head_tensors_outside(file, &vars).first() {
         return Err(ckpt_err(
             &file.path,
             format!("unexpected tensor `{name}`: not part of the model its config describes"),
         ));
     }
     Ok(())
+}
+
+/// The checkpoint's head tensors (all but `backbone.`) that are not among `vars`, in name order.
+pub fn head_tensors_outside<'a>(
+    file: &'a CheckpointFile,
+    vars: &HashMap<String, Var>,
+) -> Vec<&'a String> {
+    let mut outside: Vec<&String> = file
+        .tensors
+        .keys()
+        .filter(|k| !k.starts_with(BACKBONE_PREFIX) && !vars.contains_key(*k))
+        .collect();
+    outside.sort();
+    outside
 }
 
 /// Build the frozen backbone from the checkpoint's `backbone.` tensors.

@@ -245,7 +245,7 @@ fn a_warm_start_begins_from_the_given_checkpoint() {
         if name.starts_with("decoder.aspp.") && name.ends_with(".weight") && have.len() > want.len()
         {
             // (out, in + 4, k, k): each output row is the paper row followed by zeros
-            let out = 32;
+            let out = paper_cfg.model.head.decoder().dim;
             let (row_want, row_have) = (want.len() / out, have.len() / out);
             for o in 0..out {
                 let row = &have[o * row_have..(o + 1) * row_have];

@@ -110,7 +110,9 @@ impl FrozenConvBn {
         self.forward_padded_act(xs, [p, p, p, p], act, residual)
     }
 
-    /// [`FrozenConvBn::forward_padded`] followed by `act(· + residual)`, fused.
+    /// `act(conv(xs) + residual)` with explicit zero padding `[top, bottom, left, right]` (TF
+    /// "SAME" pads asymmetrically): the conv by its cheapest exact route (`conv_padded`), then
+    /// the bias, residual and activation in one pass.
     pub fn forward_padded_act(
         &self,
         xs: &Tensor,
@@ -121,15 +123,10 @@ impl FrozenConvBn {
         bias_act(self.conv_padded(xs, pads)?, &self.bias, residual, act)
     }
 
-    /// Apply with explicit zero padding `[top, bottom, left, right]` (TF "SAME" pads asymmetrically),
-    /// taking the cheapest exact route: 1×1 stride-1 convs are a matmul (candle's 1×1 `conv2d` is ~4×
-    /// slower), depthwise convs go to [`super::depthwise`], other stride-1 convs on the CPU to
-    /// [`super::shifted_conv`], the rest to candle's `conv2d`.
-    pub fn forward_padded(&self, xs: &Tensor, pads: [usize; 4]) -> Result<Tensor> {
-        self.forward_padded_act(xs, pads, Activation::Identity, None)
-    }
-
-    /// The convolution without its bias, by the route [`FrozenConvBn::forward_padded`] describes.
+    /// The convolution without its bias, padded `[top, bottom, left, right]`, by the cheapest exact
+    /// route: 1×1 stride-1 convs are a matmul (candle's 1×1 `conv2d` is ~4× slower), depthwise convs
+    /// go to [`super::depthwise`], other stride-1 convs on the CPU to [`super::shifted_conv`], the
+    /// rest to candle's `conv2d`.
     fn conv_padded(&self, xs: &Tensor, pads: [usize; 4]) -> Result<Tensor> {
         let (xs, weight) = match &self.quant {
             Some(h) => (h.input(xs)?, h.weight(&self.weight)?),
@@ -138,27 +135,26 @@ impl FrozenConvBn {
         let (xs, weight) = (&xs, &weight);
         let g = self.geometry;
         let (out_c, in_per_group, kh, kw) = weight.dims4()?;
-        Ok(
-            if (kh, kw, g.stride, g.groups) == (1, 1, 1, 1) && pads == [0; 4] {
-                pointwise_conv(xs, weight, self.quant.as_deref())?
-            } else if g.groups > 1 && g.groups == out_c && in_per_group == 1 {
-                super::depthwise::depthwise_conv2d_padded(xs, weight, g.stride, pads, g.dilation)?
+        let ys = if (kh, kw, g.stride, g.groups) == (1, 1, 1, 1) && pads == [0; 4] {
+            pointwise_conv(xs, weight, self.quant.as_deref())?
+        } else if g.groups > 1 && g.groups == out_c && in_per_group == 1 {
+            super::depthwise::depthwise_conv2d_padded(xs, weight, g.stride, pads, g.dilation)?
+        } else {
+            let [top, bottom, left, right] = pads;
+            // The symmetric part goes to the conv; only the surplus is padded explicitly.
+            let sym = top.min(bottom).min(left).min(right);
+            let xs = if pads == [sym; 4] {
+                xs.clone()
             } else {
-                let [top, bottom, left, right] = pads;
-                // The symmetric part goes to the conv; only the surplus is padded explicitly.
-                let sym = top.min(bottom).min(left).min(right);
-                let xs = if pads == [sym; 4] {
-                    xs.clone()
-                } else {
-                    xs.pad_with_zeros(2, top - sym, bottom - sym)?
-                        .pad_with_zeros(3, left - sym, right - sym)?
-                };
-                if xs.device().is_cpu() && (g.stride, g.groups) == (1, 1) {
-                    super::shifted_conv::conv2d_shifted(&xs, weight, sym, g.dilation)?
-                } else {
-                    xs.conv2d(weight, sym, g.stride, g.dilation, g.groups)?
-                }
-            },
-        )
+                xs.pad_with_zeros(2, top - sym, bottom - sym)?
+                    .pad_with_zeros(3, left - sym, right - sym)?
+            };
+            if xs.device().is_cpu() && (g.stride, g.groups) == (1, 1) {
+                super::shifted_conv::conv2d_shifted(&xs, weight, sym, g.dilation)?
+            } else {
+                xs.conv2d(weight, sym, g.stride, g.dilation, g.groups)?
+            }
+        };
+        Ok(ys)
     }
 }

@@ -1,4 +1,4 @@
-//! Warm start (`train --init-from`): a new head starts from the weights of a trained checkpoint,
+//! Warm start (`train --from`, without `--qat`): a new head starts from the weights of a trained checkpoint,
 //! possibly of another head kind, instead of from the seed alone.
 //!
 //! ```text
@@ -17,7 +17,7 @@
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
 use candle_nn::VarMap;
-use mce_core::checkpoint::{CheckpointFile, BACKBONE_PREFIX};
+use mce_core::checkpoint::{self, CheckpointFile};
 use mce_core::MceConfig;
 
 /// What a warm start did, by variable name.
@@ -71,12 +71,7 @@ pub fn load_into(file: &CheckpointFile, model: &MceConfig, varmap: &VarMap) -> R
             ));
         }
     }
-    let mut unused: Vec<&String> = file
-        .tensors
-        .keys()
-        .filter(|k| !k.starts_with(BACKBONE_PREFIX) && !vars.contains_key(*k))
-        .collect();
-    unused.sort();
+    let unused = checkpoint::head_tensors_outside(file, &vars);
     if let Some(name) = unused.first() {
         return Err(Error::format(
             &file.path,
