@@ -6,6 +6,8 @@
 //!   contiguous inputs).
 //! * [`softmax`]: last-dim softmax via [`softmax::softmax_last_dim`], a fused, vectorised, multithreaded
 //!   CPU kernel with a backward pass (candle's fused `softmax_last_dim` has none and is slow).
+//! * [`gelu`]: GELU (erf form), a vectorised, multithreaded CPU kernel with a backward pass
+//!   (candle's `gelu_erf` calls scalar libm `erff` per element).
 //! * [`frozen`]: convolution + BatchNorm folded into one convolution, for the frozen backbones.
 //! * [`epilogue`]: a frozen conv's bias, residual and activation in one in-place pass.
 //! * [`depthwise`]: a fast depthwise convolution (candle runs grouped convs one group at a time).
@@ -15,6 +17,7 @@
 pub mod depthwise;
 pub mod epilogue;
 pub mod frozen;
+pub mod gelu;
 pub mod shifted_conv;
 pub mod softmax;
 

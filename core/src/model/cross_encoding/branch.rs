@@ -3,6 +3,8 @@
 
 use super::{QueryTokens, SupportTokens};
 use crate::config::{Attention, PaperConfig};
+use crate::model::masks::LevelMask;
+use crate::ops::gelu::gelu_erf;
 use crate::ops::{layer_norm, softmax};
 use crate::quant::layers::{linear, Linear};
 use crate::quant::QuantVarBuilder;
@@ -26,7 +28,7 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(xs)?.gelu_erf()?)
+        self.fc2.forward(&gelu_erf(&self.fc1.forward(xs)?)?)
     }
 }
 
@@ -133,6 +135,10 @@ pub(super) fn keep_query_weights(tokens: &Tensor, heads: usize) -> Result<bool> 
     let (b, n, _) = tokens.dims3()?;
     Ok(b * heads * n * n <= CHUNK_WEIGHTS)
 }
+
+/// Support-only weights `A_S` kept with a support image, per level: up to 8 Mi (32 MiB). The edge
+/// preset's level 2 (4 heads, 1,600 tokens) fits while the object covers up to 82 % of the image.
+pub(super) const SUPPORT_WEIGHTS: usize = 1 << 23;
 
 /// The three `Linear(d, d)` maps of one branch (Eq. 4), named `<side>_<q|k|v>` after the image
 /// each is applied to, and the branch's `MLP(LN(·))`.
@@ -305,6 +311,36 @@ impl SupportBranch {
         })
     }
 
+    /// `A_S` per support image over its foreground keys, when the branch is symmetric (the
+    /// weights depend on the support alone) and they fit in [`SUPPORT_WEIGHTS`].
+    pub(super) fn support_weights(
+        &self,
+        tokens: &Tensor,
+        mask: &LevelMask,
+        heads: usize,
+        scale: f64,
+    ) -> Result<Option<Vec<Tensor>>> {
+        let Self::Symmetric(m) = self else {
+            return Ok(None);
+        };
+        let n = tokens.dim(1)?;
+        if mask.counts.iter().map(|c| heads * n * c).sum::<usize>() > SUPPORT_WEIGHTS {
+            return Ok(None);
+        }
+        let split = |l: &Linear| split_heads(&l.forward(tokens)?, heads);
+        let (s_q, s_k) = (split(&m.q)?, split(&m.k)?); // (B, h, N, d_h)
+        let per_image = mask
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, keys)| {
+                let s_k = s_k.narrow(0, i, 1)?.index_select(keys, 2)?; // (1, h, n_fg, d_h)
+                weights(&s_q.narrow(0, i, 1)?, &s_k, scale, None)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(per_image))
+    }
+
     /// `f'_S = MLP(LN(R_S))`: `(B, d, H, W)`.
     pub(super) fn forward(&self, p: &Pair) -> Result<Tensor> {
         let (m, r_s) = match self {
@@ -321,7 +357,17 @@ impl SupportBranch {
     /// its own foreground keys only: the same result (background keys weigh exactly 0) without the
     /// background's share of the products, the softmax and their gradients.
     fn symmetric(m: &BranchMaps, p: &Pair) -> Result<Tensor> {
-        let (s_q, s_k, q_v) = (p.s(&m.q)?, p.s(&m.k)?, p.q(&m.v)?); // (B, h, N, d_h)
+        let q_v = p.q(&m.v)?; // (B, h, N, d_h)
+        if let Some(a_s) = &p.support.a_s {
+            let per_image = a_s
+                .iter()
+                .zip(&p.support.mask.keys)
+                .enumerate()
+                .map(|(i, (a_s, keys))| a_s.matmul(&q_v.narrow(0, i, 1)?.index_select(keys, 2)?))
+                .collect::<Result<Vec<_>>>()?;
+            return Tensor::cat(&per_image, 0);
+        }
+        let (s_q, s_k) = (p.s(&m.q)?, p.s(&m.k)?);
         let per_image = p
             .support
             .mask

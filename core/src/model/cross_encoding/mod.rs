@@ -32,6 +32,11 @@ pub struct SupportTokens {
     /// `S = G_proj(f_S)`: `(B, N, d)`.
     tokens: Tensor,
     mask: LevelMask,
+    /// The symmetric support branch's weights, per image over its foreground keys,
+    /// `A_S = softmax(S_q S_k[fg]ᵀ/√d_h)`: `(1, h, N, n_fg)` each. They depend on the support
+    /// alone, so a registered class pays for them once, not per frame; `None` without that branch
+    /// or over their budget (`branch::SUPPORT_WEIGHTS`; then each frame computes them in chunks).
+    a_s: Option<Vec<Tensor>>,
 }
 
 /// The query side of one level, shared by every class segmented in the same frame.
@@ -86,13 +91,18 @@ impl LevelEncoder {
         x.reshape((b, d, h * w))?.transpose(1, 2)?.contiguous()
     }
 
-    /// Support-only work: tokens and the level mask.
+    /// Support-only work: tokens, the level mask and (symmetric support branch) its weights `A_S`.
     pub fn encode_support(&self, feat: &Tensor, mask: &Tensor) -> Result<SupportTokens> {
         let (_, _, h, w) = feat.dims4()?;
-        Ok(SupportTokens {
-            tokens: self.tokens(feat)?,
-            mask: LevelMask::new(mask, h, w)?,
-        })
+        let tokens = self.tokens(feat)?;
+        let mask = LevelMask::new(mask, h, w)?;
+        let a_s = match &self.branches {
+            LevelBranches::Both(_, sb) | LevelBranches::SupportOnly(sb) => {
+                sb.support_weights(&tokens, &mask, self.heads, self.scale)?
+            }
+            LevelBranches::QueryOnly(_) => None,
+        };
+        Ok(SupportTokens { tokens, mask, a_s })
     }
 
     /// Query-only work: tokens and (symmetric query branch) its attention weights `A_Q`.
@@ -195,5 +205,74 @@ impl CrossEncoding {
             .map(|x| resize_bilinear(x, grid, grid))
             .collect::<Result<Vec<_>>>()?;
         self.merge.forward(&Tensor::cat(&up, 1)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Mce, MceConfig};
+    use candle_core::{DType, Device, Result, Tensor};
+    use candle_nn::{VarBuilder, VarMap};
+
+    /// The support weights `A_S` kept at registration give the frame the same `f_cross,l` as
+    /// computing them per frame (in chunks), and are kept only within their budget.
+    #[test]
+    fn kept_support_weights_equal_the_per_frame_ones() -> Result<()> {
+        let dev = Device::Cpu;
+        let cfg = MceConfig {
+            image_size: 64, // level-2 grid 8×8
+            ..MceConfig::edge_lite0()
+        };
+        let m = Mce::new(
+            &cfg,
+            VarBuilder::from_varmap(&VarMap::new(), DType::F32, &dev),
+        )?;
+        let enc = &m.cross_encoding().unwrap().levels().next().unwrap().1;
+        let (g, c) = (cfg.level_grid(2), 40);
+        let fq = Tensor::randn(0f32, 1f32, (2, c, g, g), &dev)?;
+        let fs = Tensor::randn(0f32, 1f32, (2, c, g, g), &dev)?;
+        // Two support images with different foregrounds: a box and almost all of the image.
+        let mut mask = vec![0f32; 2 * g * g];
+        mask[g * 2 + 3..g * 2 + 6].fill(1.0);
+        mask[g * g + 1..].fill(1.0);
+        let mask = Tensor::from_vec(mask, (2, 1, g, g), &dev)?;
+
+        let q = enc.encode_query(&fq)?;
+        let kept = enc.encode_support(&fs, &mask)?;
+        let shapes: Vec<_> = kept
+            .a_s
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|a| a.dims().to_vec())
+            .collect();
+        assert_eq!(
+            shapes,
+            vec![vec![1, 4, g * g, 3], vec![1, 4, g * g, g * g - 1]]
+        );
+        let per_frame = super::SupportTokens {
+            a_s: None,
+            ..kept.clone()
+        };
+        let d = (enc.forward(&q, &kept)? - enc.forward(&q, &per_frame)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(d < 1e-5, "{d}");
+
+        // Over the budget (4 heads × 4,096 tokens × 4,096 keys > 8 Mi), nothing is kept.
+        let big = Tensor::ones((1, 1, 64, 64), DType::F32, &dev)?;
+        let wide = MceConfig {
+            image_size: 512,
+            ..cfg
+        };
+        let m = Mce::new(
+            &wide,
+            VarBuilder::from_varmap(&VarMap::new(), DType::F32, &dev),
+        )?;
+        let enc = &m.cross_encoding().unwrap().levels().next().unwrap().1;
+        let fs = Tensor::zeros((1, c, 64, 64), DType::F32, &dev)?;
+        assert!(enc.encode_support(&fs, &big)?.a_s.is_none());
+        Ok(())
     }
 }
