@@ -11,7 +11,7 @@
 //! * forward (other dtypes or devices): candle's `gelu_erf`;
 //! * backward (all): `g (Φ(x) + x φ(x))` with candle tensor ops.
 
-use super::softmax::exp_approx;
+use super::exp::exp_approx;
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;

@@ -16,6 +16,7 @@
 
 pub mod depthwise;
 pub mod epilogue;
+pub mod exp;
 pub mod frozen;
 pub mod gelu;
 pub mod shifted_conv;

@@ -9,8 +9,14 @@
 //!   arithmetic over fixed-width lane arrays so LLVM auto-vectorises it; on x86-64 an AVX2 copy of the
 //!   same code is picked at run time (no FMA contraction, so both copies give bit-identical results);
 //! * forward (other dtypes or devices): candle's fused `softmax_last_dim`;
-//! * backward (all): `y * (g - sum(g * y, last dim, keepdim))` with candle tensor ops.
+//! * backward: `y * (g - sum(g * y, last dim, keepdim))`, on the CPU in f32 one pass per row on
+//!   rayon's pool (a training step's attention maps are `8 × 4 × 1600 × 1600`: candle's four ops
+//!   were four passes and three fresh tensors of that size), elsewhere with candle tensor ops.
 
+mod grad;
+
+use self::grad::SoftmaxGrad;
+use super::exp::exp_approx;
 use candle_core::backend::BackendStorage;
 use candle_core::{
     bail, CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Layout, MetalStorage, Result,
@@ -35,6 +41,11 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
 
 /// The softmax gradient `y * (g - sum(g * y, last dim, keepdim))`.
 fn softmax_grad(res: &Tensor, grad_res: &Tensor) -> Result<Tensor> {
+    if res.device().is_cpu() && res.dtype() == DType::F32 && grad_res.dtype() == DType::F32 {
+        return res
+            .contiguous()?
+            .apply_op2_no_bwd(&grad_res.contiguous()?, &SoftmaxGrad);
+    }
     let dot = (grad_res * res)?.sum_keepdim(D::Minus1)?;
     res * grad_res.broadcast_sub(&dot)?
 }
@@ -162,22 +173,31 @@ impl CustomOp2 for SoftmaxFromResult {
 /// Below this many elements the kernel runs on the calling thread only.
 const MIN_ELEMS_PER_THREAD: usize = 1 << 15;
 
-/// Softmax of each `row`-long row of `src` into `dst`, the rows split over rayon's global pool (the
-/// one candle's kernels use).
-fn softmax_rows_parallel(src: &[f32], dst: &mut [f32], row: usize) {
-    let rows = src.len() / row;
+/// `f(range, dst[range])` over `row`-aligned ranges of `dst` that split it between rayon's global
+/// pool (the one candle's kernels use); one range on the calling thread when `dst` is small.
+pub(super) fn par_rows(
+    dst: &mut [f32],
+    row: usize,
+    f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+) {
+    let rows = dst.len() / row;
     let threads = rayon::current_num_threads()
         .min(rows)
-        .min(src.len() / MIN_ELEMS_PER_THREAD)
+        .min(dst.len() / MIN_ELEMS_PER_THREAD)
         .max(1);
     if threads == 1 {
-        softmax_rows(src, dst, row);
+        f(0..dst.len(), dst);
         return;
     }
     let chunk = rows.div_ceil(threads) * row;
-    src.par_chunks(chunk)
-        .zip(dst.par_chunks_mut(chunk))
-        .for_each(|(s, d)| softmax_rows(s, d, row));
+    dst.par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(i, d)| f(i * chunk..i * chunk + d.len(), d));
+}
+
+/// Softmax of each `row`-long row of `src` into `dst`, the rows split over rayon's global pool.
+fn softmax_rows_parallel(src: &[f32], dst: &mut [f32], row: usize) {
+    par_rows(dst, row, |range, d| softmax_rows(&src[range], d, row));
 }
 
 /// Softmax of each `row`-long row of `src` into `dst` on this thread, AVX2 code when available.
@@ -200,7 +220,7 @@ unsafe fn softmax_rows_avx2(src: &[f32], dst: &mut [f32], row: usize) {
 }
 
 /// Lanes of the per-row reductions: independent accumulators let LLVM keep them in vector registers.
-const LANES: usize = 16;
+pub(super) const LANES: usize = 16;
 
 #[inline(always)]
 fn softmax_rows_generic(src: &[f32], dst: &mut [f32], row: usize) {
@@ -250,47 +270,6 @@ fn softmax_row(src: &[f32], dst: &mut [f32]) {
     }
 }
 
-/// `e^x` in f32 without libm, branch-free so that loops over it vectorise (Cephes `expf`): `x = n ln2 + r`
-/// with `|r| <= ln2/2`, a degree-7 polynomial for `e^r`, and `2^n` built from its exponent bits.
-///
-/// Relative error below 1e-7 on `[-87, 0]` (measured 8.0e-8, see the tests), likewise up to 88. Inputs below
-/// `ln(f32::MIN_POSITIVE)` (about -87.34), `-inf` included, give exactly `0`: no subnormals. Inputs
-/// above 88 saturate at `e^88`; NaN gives NaN.
-#[inline(always)]
-pub fn exp_approx(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split in two: C1 has few mantissa bits so `n * C1` is exact for |n| <= 128.
-    const C1: f32 = 0.693_359_4;
-    const C2: f32 = -2.121_944_4e-4;
-    // Adding 1.5 * 2^23 rounds to the nearest integer and leaves it in the low mantissa bits.
-    const ROUND: f32 = 12_582_912.0;
-    const ROUND_BITS: i32 = 0x4B40_0000;
-    const LOWEST: f32 = -87.336_55; // ln(f32::MIN_POSITIVE)
-
-    // Comparisons rather than `min`/`max` so NaN passes through (and the selects vectorise).
-    let xc = if x < -88.0 { -88.0 } else { x };
-    let xc = if xc > 88.0 { 88.0 } else { xc };
-    let t = xc * LOG2E + ROUND;
-    let n = t - ROUND;
-    let r = xc - n * C1;
-    let r = r - n * C2;
-    let mut p = 1.987_569_2e-4;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5; // Cephes: 5.0000001201e-1, which rounds to 0.5 in f32
-    let er = p * (r * r) + r + 1.0;
-    let k = (t.to_bits() as i32).wrapping_sub(ROUND_BITS); // n as an integer
-    let two_n = f32::from_bits((k.wrapping_add(127) << 23) as u32);
-    let y = er * two_n;
-    if x < LOWEST {
-        0.0
-    } else {
-        y
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,43 +314,6 @@ mod tests {
             }
         }
         Ok((Tensor::from_vec(data, (rows, len), &Device::Cpu)?, masked))
-    }
-
-    #[test]
-    fn exp_approx_accuracy() {
-        let mut worst = 0f64;
-        let steps = 2_000_000;
-        for i in 0..=steps {
-            let x = -87.0 * i as f32 / steps as f32;
-            let exact = (x as f64).exp();
-            let rel = ((exp_approx(x) as f64 - exact) / exact).abs();
-            worst = worst.max(rel);
-        }
-        // Around every multiple of ln2 / 2: the points where the rounding of `n` switches.
-        for k in -251..=0 {
-            for d in [-1e-3f32, -1e-6, 0.0, 1e-6, 1e-3] {
-                let x = k as f32 * std::f32::consts::LN_2 * 0.5 + d;
-                if (-87.0..=0.0).contains(&x) {
-                    let exact = (x as f64).exp();
-                    worst = worst.max(((exp_approx(x) as f64 - exact) / exact).abs());
-                }
-            }
-        }
-        eprintln!("exp_approx: max relative error on [-87, 0] = {worst:e}");
-        assert!(worst <= 2e-7, "max relative error {worst:e}");
-        assert_eq!(exp_approx(0.0), 1.0);
-        assert_eq!(exp_approx(-0.0), 1.0);
-        assert_eq!(exp_approx(f32::NEG_INFINITY), 0.0);
-        assert_eq!(exp_approx(-87.5), 0.0);
-        assert_eq!(exp_approx(-100.0), 0.0);
-        assert_eq!(exp_approx(-1e30), 0.0);
-        assert_eq!(exp_approx(f32::MIN), 0.0);
-        assert!(exp_approx(f32::NAN).is_nan());
-        let lowest = exp_approx(-87.3);
-        assert!(lowest.is_normal() && lowest > 0.0, "{lowest:e}");
-        let one = exp_approx(1.0);
-        assert!((one - std::f32::consts::E).abs() <= 2.0 * f32::EPSILON * one);
-        assert!(exp_approx(88.0).is_finite());
     }
 
     #[test]
@@ -443,6 +385,12 @@ mod tests {
             let g = ours.flatten_all()?.to_vec1::<f32>()?;
             assert!(g.iter().zip(&masked).all(|(g, m)| !m || *g == 0.0));
         }
+        // Large enough for the fused backward to split its rows between threads.
+        let x = Tensor::randn(0f32, 3f32, (2, 3, 41, 700), &Device::Cpu)?;
+        let w = Tensor::randn(0f32, 1f32, (2, 3, 41, 700), &Device::Cpu)?;
+        let ours = grad_of(&x, &w, softmax_last_dim)?;
+        let theirs = grad_of(&x, &w, |x| candle_nn::ops::softmax(x, D::Minus1))?;
+        assert!(max_abs_diff(&ours, &theirs)? <= 1e-5);
         // Through a transposed (non-contiguous) input as well.
         let x = Tensor::randn(0f32, 2f32, (20, 9), &Device::Cpu)?.t()?;
         let w = Tensor::randn(0f32, 1f32, (9, 20), &Device::Cpu)?;
