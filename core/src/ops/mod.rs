@@ -23,6 +23,7 @@ pub mod shifted_conv;
 pub mod softmax;
 
 use candle_core::{Device, Result, Tensor, D};
+use rayon::prelude::*;
 
 /// The `(out, in)` interpolation matrix of a 1-D linear resize with `align_corners = true`.
 pub fn interpolation_matrix(out: usize, input: usize, device: &Device) -> Result<Tensor> {
@@ -84,6 +85,30 @@ pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resu
 /// Softmax over the last dimension, differentiable (see [`softmax::softmax_last_dim`]).
 pub fn softmax(xs: &Tensor) -> Result<Tensor> {
     softmax::softmax_last_dim(xs)
+}
+
+/// `f(range, dst[range])` over `row`-aligned ranges of `dst` that split it between rayon's global
+/// pool (the one candle's kernels use), each holding at least `min_per_thread` elements; one range
+/// on the calling thread when `dst` is small. The element-wise kernels' one way of using threads.
+pub(crate) fn par_rows(
+    dst: &mut [f32],
+    row: usize,
+    min_per_thread: usize,
+    f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+) {
+    let rows = dst.len() / row;
+    let threads = rayon::current_num_threads()
+        .min(rows)
+        .min(dst.len() / min_per_thread)
+        .max(1);
+    if threads == 1 {
+        f(0..dst.len(), dst);
+        return;
+    }
+    let chunk = rows.div_ceil(threads) * row;
+    dst.par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(i, d)| f(i * chunk..i * chunk + d.len(), d));
 }
 
 /// How many threads the CPU kernels run on: rayon's global pool, where candle's matmuls and this

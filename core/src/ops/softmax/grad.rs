@@ -1,6 +1,7 @@
 //! The softmax backward `y (g − Σ y·g)` on the CPU in f32: one pass per row, rows on rayon's pool.
 
-use super::{par_rows, LANES};
+use super::{LANES, MIN_ELEMS_PER_THREAD};
+use crate::ops::par_rows;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape};
 
 /// The fused CPU f32 softmax gradient of `(y, g)`, both contiguous.
@@ -38,7 +39,7 @@ impl CustomOp2 for SoftmaxGrad {
         let row = y_layout.shape().dims().last().copied().unwrap_or(1);
         let mut dst = vec![0f32; y.len()];
         if row > 0 && !y.is_empty() {
-            par_rows(&mut dst, row, |range, d| {
+            par_rows(&mut dst, row, MIN_ELEMS_PER_THREAD, |range, d| {
                 softmax_grad_rows(&y[range.clone()], &g[range], d, row)
             });
         }

@@ -17,12 +17,12 @@ mod grad;
 
 use self::grad::SoftmaxGrad;
 use super::exp::exp_approx;
+use super::par_rows;
 use candle_core::backend::BackendStorage;
 use candle_core::{
     bail, CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Layout, MetalStorage, Result,
     Shape, Tensor, D,
 };
-use rayon::prelude::*;
 
 /// Softmax over the last dimension, differentiable. Rows whose logits are `-inf` give exactly `0` there
 /// (a row needs at least one finite logit, as with any softmax).
@@ -170,34 +170,14 @@ impl CustomOp2 for SoftmaxFromResult {
     }
 }
 
-/// Below this many elements the kernel runs on the calling thread only.
+/// Below this many elements per thread a softmax runs on fewer threads (on the calling one only).
 const MIN_ELEMS_PER_THREAD: usize = 1 << 15;
-
-/// `f(range, dst[range])` over `row`-aligned ranges of `dst` that split it between rayon's global
-/// pool (the one candle's kernels use); one range on the calling thread when `dst` is small.
-pub(super) fn par_rows(
-    dst: &mut [f32],
-    row: usize,
-    f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
-) {
-    let rows = dst.len() / row;
-    let threads = rayon::current_num_threads()
-        .min(rows)
-        .min(dst.len() / MIN_ELEMS_PER_THREAD)
-        .max(1);
-    if threads == 1 {
-        f(0..dst.len(), dst);
-        return;
-    }
-    let chunk = rows.div_ceil(threads) * row;
-    dst.par_chunks_mut(chunk)
-        .enumerate()
-        .for_each(|(i, d)| f(i * chunk..i * chunk + d.len(), d));
-}
 
 /// Softmax of each `row`-long row of `src` into `dst`, the rows split over rayon's global pool.
 fn softmax_rows_parallel(src: &[f32], dst: &mut [f32], row: usize) {
-    par_rows(dst, row, |range, d| softmax_rows(&src[range], d, row));
+    par_rows(dst, row, MIN_ELEMS_PER_THREAD, |range, d| {
+        softmax_rows(&src[range], d, row)
+    });
 }
 
 /// Softmax of each `row`-long row of `src` into `dst` on this thread, AVX2 code when available.
